@@ -1,0 +1,35 @@
+"""Errors the SDK raises on bad input.
+
+Every message says what is wrong, where, and how to fix it, in one line; the CLI prints it and
+exits non-zero without a traceback. Internal invariants use `assert`, not these.
+"""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Base class: a user-facing failure with a one-line explanation."""
+
+    exit_code = 2
+
+
+class ModelLoadError(EdgeError):
+    """A model path, checkpoint or GGUF that cannot be loaded."""
+
+
+class UnsupportedArchitecture(ModelLoadError):
+    """A checkpoint of an architecture this SDK does not implement."""
+
+
+class ConfigError(EdgeError):
+    """A recipe, target profile or option with an invalid value."""
+
+
+class UnknownTarget(ConfigError):
+    """A target name that has no profile in targets/."""
+
+
+class BudgetFailed(EdgeError):
+    """A build or simulation that does not meet its budgets."""
+
+    exit_code = 1
