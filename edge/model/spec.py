@@ -205,6 +205,12 @@ class ModelSpec:
                     f"config.json: rope scaling {rs.get('rope_type') or rs.get('type')!r} is not "
                     "supported; supported: default, llama3"
                 )
+            if arch == "llama" and (cfg.get("attention_bias") or cfg.get("mlp_bias")):
+                # Llama's attention_bias also puts a bias on o_proj, which our decoder lacks
+                raise UnsupportedArchitecture(
+                    "config.json: LlamaForCausalLM with attention_bias or mlp_bias is not supported; "
+                    "supported: Llama without biases, Qwen2 (q/k/v bias)"
+                )
             kw: dict = dict(
                 arch=arch,
                 vocab_size=cfg["vocab_size"],
@@ -219,7 +225,8 @@ class ModelSpec:
                 rope_scaling=scaling,
                 max_seq_len=int(cfg.get("max_position_embeddings", 2048)),
                 tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                qkv_bias=arch in ("qwen2", "qwen2_moe") or bool(cfg.get("attention_bias", False)),
+                # Qwen2 always has q/k/v bias; Qwen2-MoE has it unless "qkv_bias": false
+                qkv_bias=arch == "qwen2" or (arch == "qwen2_moe" and bool(cfg.get("qkv_bias", True))),
                 name=name or cfg.get("_name_or_path", ""),
             )
             if arch == "mixtral":
