@@ -1,0 +1,211 @@
+"""Load a llama-architecture GGUF file (dense, or MoE with expert tensors) into the reference model.
+
+Quantized tensors are dequantized with ``gguf.quants.dequantize`` (bit-identical to llama.cpp's
+dequantization). llama.cpp's converter permutes the rows of ``attn_q``/``attn_k`` for its
+interleaved RoPE; we undo that so one RoPE convention (Hugging Face's rotate-half) serves every
+loader.
+
+    spec = read_gguf_spec("model.gguf")            # no torch, metadata only
+    model, spec, tok = load_gguf("model.gguf")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.errors import ModelLoadError, UnsupportedArchitecture
+from edge.model.spec import ModelSpec
+
+SUPPORTED_GGUF_ARCHS = ("llama",)
+
+# GGUF tensor name (after "blk.N.") -> our parameter name (after "layers.N.").
+LAYER_TENSORS: dict[str, str] = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+    "ffn_gate_inp.weight": "mlp.gate.weight",
+}
+# stacked expert tensors (E, out, in) -> per-expert parameters
+EXPERT_TENSORS: dict[str, str] = {
+    "ffn_gate_exps.weight": "gate_proj.weight",
+    "ffn_up_exps.weight": "up_proj.weight",
+    "ffn_down_exps.weight": "down_proj.weight",
+}
+GLOBAL_TENSORS: dict[str, str] = {
+    "token_embd.weight": "embed_tokens.weight",
+    "output_norm.weight": "norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+
+def _open(path: str | Path):
+    import gguf
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    try:
+        return gguf.GGUFReader(str(path), "r")
+    except Exception as e:  # truncated or not a GGUF: numpy/ValueError from deep inside the reader
+        raise ModelLoadError(
+            f"{path}: not a readable GGUF file ({type(e).__name__}: {e}); the file may be truncated "
+            "or corrupt: download or convert it again"
+        ) from e
+
+
+def read_metadata(reader) -> dict[str, Any]:
+    """All key/value fields as plain python values (strings decoded, arrays as lists)."""
+    out: dict[str, Any] = {}
+    for key, f in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        try:
+            out[key] = f.contents()
+        except Exception:  # an unusual field type we don't need
+            continue
+    return out
+
+
+def _spec_from_meta(meta: dict, path: Path, n_vocab_tensor: int | None, has_output: bool) -> ModelSpec:
+    arch = meta.get("general.architecture")
+    if arch not in SUPPORTED_GGUF_ARCHS:
+        raise UnsupportedArchitecture(
+            f"{path}: GGUF architecture {arch!r} is not supported; supported: "
+            f"{', '.join(SUPPORTED_GGUF_ARCHS)} (convert other models from their Hugging Face checkpoint)"
+        )
+
+    def need(key):
+        v = meta.get(f"{arch}.{key}")
+        if v is None:
+            raise ModelLoadError(f"{path}: GGUF metadata lacks '{arch}.{key}'; the file is incomplete")
+        return v
+
+    dim = int(need("embedding_length"))
+    n_heads = int(need("attention.head_count"))
+    n_exp = int(meta.get(f"{arch}.expert_count") or 0)
+    vocab = meta.get(f"{arch}.vocab_size") or n_vocab_tensor or len(meta.get("tokenizer.ggml.tokens", []))
+    ffn = int(need("feed_forward_length"))
+    return ModelSpec(
+        arch="mixtral" if n_exp else "llama",
+        vocab_size=int(vocab),
+        dim=dim,
+        n_layers=int(need("block_count")),
+        n_heads=n_heads,
+        n_kv_heads=int(meta.get(f"{arch}.attention.head_count_kv") or n_heads),
+        ffn_dim=ffn,
+        head_dim=int(meta.get(f"{arch}.attention.key_length") or dim // n_heads),
+        norm_eps=float(need("attention.layer_norm_rms_epsilon")),
+        rope_theta=float(meta.get(f"{arch}.rope.freq_base") or 10000.0),
+        max_seq_len=int(meta.get(f"{arch}.context_length") or 2048),
+        tie_embeddings=not has_output,
+        n_experts=n_exp,
+        n_experts_per_tok=int(meta.get(f"{arch}.expert_used_count") or 0),
+        moe_ffn_dim=int(meta.get(f"{arch}.expert_feed_forward_length") or ffn) if n_exp else 0,
+        name=str(meta.get("general.name") or path.stem),
+    )
+
+
+def read_gguf_spec(path: str | Path) -> ModelSpec:
+    """The ModelSpec of a GGUF file from its metadata (no tensor data is read, no torch)."""
+    reader = _open(path)
+    names = {t.name: t for t in reader.tensors}
+    emb = names.get("token_embd.weight")
+    return _spec_from_meta(read_metadata(reader), Path(path), int(emb.shape[1]) if emb is not None else None,
+                           "output.weight" in names)
+
+
+def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp convert's q/k row permutation (interleaved -> rotate-half RoPE)."""
+    # convert permuted (n_head, 2, hd/2) -> (n_head, hd/2, 2); view it that way and swap back
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _tensor_f32(t) -> np.ndarray:
+    """A GGUF tensor as float32 in torch (row-major) shape: GGUF lists dims innermost first."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    shape = tuple(int(d) for d in reversed(t.shape))
+    if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16):
+        arr = dequantize(t.data, t.tensor_type) if t.tensor_type == GGMLQuantizationType.BF16 else t.data
+        return np.asarray(arr, dtype=np.float32).reshape(shape)
+    return dequantize(t.data, t.tensor_type).astype(np.float32, copy=False).reshape(shape)
+
+
+def load_gguf(path: str | Path, dtype=None):
+    """Load a llama-architecture GGUF into ``Transformer``. Returns (model, spec, tokenizer)."""
+    import torch
+
+    from edge.model.llama import Transformer
+    from edge.model.tokenizer import Tokenizer
+
+    path = Path(path)
+    reader = _open(path)
+    meta = read_metadata(reader)
+    tensors = {t.name: t for t in reader.tensors}
+    emb = tensors.get("token_embd.weight")
+    spec = _spec_from_meta(meta, path, int(emb.shape[1]) if emb is not None else None, "output.weight" in tensors)
+    with torch.device("meta"):
+        model = Transformer(spec)
+    expected = {k: v for k, v in model.state_dict().items()}
+    if spec.tie_embeddings:
+        expected.pop("lm_head.weight", None)
+
+    state: dict[str, torch.Tensor] = {}
+    for name, t in tensors.items():
+        if name == "rope_freqs.weight":  # Llama-3.1 frequency factors, applied below
+            continue
+        if name in GLOBAL_TENSORS:
+            ours = [(GLOBAL_TENSORS[name], None)]
+        elif name.startswith("blk."):
+            _, idx, rest = name.split(".", 2)
+            if rest in LAYER_TENSORS:
+                ours = [(f"layers.{idx}.{LAYER_TENSORS[rest]}", None)]
+            elif rest in EXPERT_TENSORS:
+                ours = [(f"layers.{idx}.mlp.experts.{e}.{EXPERT_TENSORS[rest]}", e) for e in range(spec.n_experts)]
+            else:
+                raise ModelLoadError(f"{path}: unexpected tensor '{name}' for a llama GGUF (not mapped)")
+        else:
+            raise ModelLoadError(f"{path}: unexpected tensor '{name}' for a llama GGUF (not mapped)")
+        try:
+            w = _tensor_f32(t)
+        except Exception as e:
+            raise ModelLoadError(f"{path}: tensor '{name}' could not be read ({e}); the file may be corrupt") from e
+        if name.endswith("attn_q.weight"):
+            w = _unpermute(w, spec.n_heads)
+        elif name.endswith("attn_k.weight"):
+            w = _unpermute(w, spec.n_kv_heads)
+        for ours_name, e in ours:
+            arr = w[e] if e is not None else w
+            exp = expected.get(ours_name)
+            if exp is None:
+                raise ModelLoadError(f"{path}: tensor '{name}' has no place in a {spec.arch} model of this shape")
+            if tuple(arr.shape) != tuple(exp.shape):
+                raise ModelLoadError(
+                    f"{path}: tensor '{name}' has shape {tuple(arr.shape)}, expected {tuple(exp.shape)}"
+                )
+            state[ours_name] = torch.from_numpy(np.array(arr, dtype=np.float32, order="C"))  # own, writable copy
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise ModelLoadError(f"{path}: GGUF lacks tensor(s) {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    model = Transformer(spec)
+    model.load_state_dict(state, strict=not spec.tie_embeddings, assign=False)
+    if "rope_freqs.weight" in tensors:
+        factors = torch.from_numpy(_tensor_f32(tensors["rope_freqs.weight"]).reshape(-1))
+        model.inv_freq = model.inv_freq / factors
+    if dtype is not None:
+        model = model.to(dtype)
+    model.eval().requires_grad_(False)
+    return model, spec, Tokenizer.from_gguf_fields(meta, path)

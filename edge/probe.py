@@ -1,0 +1,208 @@
+"""Measure this machine and write a target profile for it (``edge targets probe``).
+
+Measures what the simulator reads: cores, caches and clock (from /proc and /sys), memory
+(/proc/meminfo), streaming memory bandwidth (numpy copies and reads on all cores), fp32 matmul
+throughput (numpy's BLAS) and int8 matmul throughput (onnxruntime's MatMulInteger, when it is
+installed). numpy and onnxruntime are imported here only::
+
+    from edge.probe import probe, profile_yaml
+    m = probe()                    # dict of measurements
+    print(profile_yaml(m, name="host-x86-2core"))
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _cpu_info() -> dict:
+    info = _read("/proc/cpuinfo")
+    model, mhz, flags = platform.processor() or platform.machine(), 0.0, set()
+    for line in info.splitlines():
+        k, _, v = line.partition(":")
+        k = k.strip()
+        if k == "model name" and model in ("", platform.machine(), platform.processor()):
+            model = v.strip()
+        elif k == "cpu MHz" and not mhz:
+            mhz = float(v)
+        elif k == "flags" and not flags:
+            flags = set(v.split())
+    caches = {}
+    for d in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        level, kind, size = _read(f"{d}/level").strip(), _read(f"{d}/type").strip(), _read(f"{d}/size").strip()
+        if not size or kind == "Instruction":
+            continue
+        n = int(size.rstrip("KMG")) * {"K": 2**10, "M": 2**20, "G": 2**30}.get(size[-1], 1)
+        caches["l1d" if level == "1" else f"l{level}"] = n
+    simd = [f for f in ("avx512_vnni", "avx_vnni", "avx512f", "avx2", "fma", "amx_int8", "asimddp", "i8mm")
+            if f in flags]
+    return {"model": model, "mhz": mhz, "caches": caches, "simd": simd}
+
+
+def _meminfo() -> dict:
+    out = {}
+    for line in _read("/proc/meminfo").splitlines():
+        k, _, v = line.partition(":")
+        if k in ("MemTotal", "MemAvailable"):
+            out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+def _best(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def measure_bandwidth(threads: int, mbytes: int = 256, repeats: int = 5) -> dict:
+    """Bytes/s reading (sum) and copying (read + write counted) arrays far larger than the caches."""
+    import numpy as np
+
+    n = mbytes * 2**20 // 8 // threads
+    src = [np.ones(n, dtype=np.float64) for _ in range(threads)]
+    dst = [np.empty_like(s) for s in src]
+    pool = ThreadPoolExecutor(threads)
+
+    def par(f):
+        list(pool.map(f, range(threads)))
+
+    copy = _best(lambda: par(lambda i: np.copyto(dst[i], src[i])), repeats)
+    read = _best(lambda: par(lambda i: src[i].sum()), repeats)
+    pool.shutdown()
+    total = n * 8 * threads
+    return {"copy": 2 * total / copy, "read": total / read}
+
+
+def measure_matmul_fp32(n: int = 1024, repeats: int = 5) -> float:
+    import numpy as np
+
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = a.T.copy()
+    a @ b
+    return 2 * n**3 / _best(lambda: a @ b, repeats)
+
+
+def measure_matmul_int8(n: int = 1024, repeats: int = 5, threads: int = 0) -> float:
+    """int8 x int8 -> int32 ops/s through onnxruntime's MatMulInteger; 0.0 when it is not installed."""
+    try:
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+    except ImportError:
+        return 0.0
+    a = helper.make_tensor_value_info("A", TensorProto.UINT8, [n, n])
+    b = helper.make_tensor_value_info("B", TensorProto.INT8, [n, n])
+    y = helper.make_tensor_value_info("Y", TensorProto.INT32, [n, n])
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["A", "B"], ["Y"])], "mm", [a, b], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or os.cpu_count() or 1
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"A": rng.integers(0, 255, (n, n), dtype=np.uint8), "B": rng.integers(-127, 127, (n, n), dtype=np.int8)}
+    sess.run(None, feeds)
+    return 2 * n**3 / _best(lambda: sess.run(None, feeds), repeats)
+
+
+def probe(repeats: int = 5) -> dict:
+    """All measurements of this machine, as plain numbers (bytes, bytes/s, ops/s, Hz)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    bw1 = measure_bandwidth(1, repeats=repeats)
+    bwn = measure_bandwidth(cores, repeats=repeats) if cores > 1 else bw1
+    mem = _meminfo()
+    return {
+        "date": _dt.date.today().isoformat(),
+        "machine": platform.machine(),
+        "cores": cores,
+        "cpu": _cpu_info(),
+        "mem_total": mem.get("MemTotal", 0),
+        "mem_available": mem.get("MemAvailable", 0),
+        "bandwidth_read": max(bw1["read"], bwn["read"]),
+        "bandwidth_copy": max(bw1["copy"], bwn["copy"]),
+        "fp32_ops": measure_matmul_fp32(repeats=repeats),
+        "int8_ops": measure_matmul_int8(repeats=repeats, threads=cores),
+    }
+
+
+def _g(x: float, unit: str, scale: float) -> str:
+    return f"{x / scale:.4g} {unit}"
+
+
+def profile_yaml(m: dict, name: str = "host", efficiency: str | None = None) -> str:
+    """A target profile (YAML text) from ``probe()``'s measurements.
+
+    The efficiency table of a probed machine is unknown until something is measured on it;
+    the default written here is marked as an estimate: fit it with benchmarks/sim_vs_llamacpp.py.
+    """
+    cpu = m["cpu"]
+    caches = "\n".join(f"    {k}: {_g(v, 'KiB', 1024)}" for k, v in cpu["caches"].items())
+    clock = cpu["mhz"] or 1000.0
+    int8 = m["int8_ops"] or 2 * m["fp32_ops"]
+    int8_prov = "source: probe" if m["int8_ops"] else "estimate: no onnxruntime for the int8 probe; 2x fp32"
+    eff = efficiency or """\
+  - runtime: llama.cpp
+    compute_dtype: fp32
+    decode_bandwidth: 0.8
+    decode_compute: 0.5
+    prefill_compute: 0.5
+    bandwidth_of: measured
+    overhead_per_layer: 20 us
+    estimate: a probed machine starts from round numbers; fit them with benchmarks/sim_vs_llamacpp.py
+"""
+    return f"""\
+# Written by `edge targets probe` on {m['date']}: every figure below was measured on this machine
+# unless marked as an estimate. Re-run the probe rather than editing figures by hand.
+name: {name}
+description: "{cpu['model']}, {m['cores']} cores ({m['machine']}; SIMD {' '.join(cpu['simd']) or 'unknown'})"
+class: host
+sources:
+  probe: "edge targets probe, {m['date']}: numpy copies/reads of 256 MiB arrays on all cores (best of 5),
+    numpy fp32 1024^3 matmul, onnxruntime MatMulInteger 1024^3, /proc/cpuinfo, /proc/meminfo, /sys caches"
+memory:
+  total: {_g(m['mem_total'], 'GiB', 2**30)}
+  available: {_g(m['mem_available'], 'GiB', 2**30)}
+  dram: unknown (virtual machine)
+  # streaming read bandwidth on all cores; the host's DRAM peak is not visible from inside it
+  peak_bandwidth: {_g(m['bandwidth_read'], 'GB/s', 1e9)}
+  measured_bandwidth: {_g(m['bandwidth_read'], 'GB/s', 1e9)}
+  source: probe
+cpu:
+  arch: {m['machine']}
+  clusters:
+    - {{count: {m['cores']}, core: "{cpu['model']}", clock: {clock:.0f} MHz}}
+  caches:
+{caches}
+  source: probe
+units:
+  cpu:
+    kind: cpu
+    peak: {{fp32: {_g(m['fp32_ops'], 'GFLOPS', 1e9)}, int8: {_g(int8, 'GOPS', 1e9)}}}
+    dtypes: [fp32, int8]
+    {int8_prov if not m['int8_ops'] else 'source: probe'}
+runtimes:
+  llama.cpp:
+    unit: cpu
+    formats: [gguf]
+    recipes: [fp32, fp16, bf16, q8_0, q4_0, q4_k_m]
+    threads: {m['cores']}
+    overhead: {{value: 30 MB, estimate: "llama.cpp context and scratch beside the compute buffer"}}
+defaults:
+  runtime: {{"*": llama.cpp}}
+efficiency:
+{eff}"""

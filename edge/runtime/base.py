@@ -1,0 +1,21 @@
+"""The Runner protocol every engine binding implements."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class Runner(Protocol):
+    name: str
+    max_context: int
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        """Next-token logits at every position of ``tokens``, shape (T, vocab), float32."""
+        ...
+
+    def generate(self, tokens: list[int], max_new_tokens: int, stop: set[int] | None = None) -> list[int]:
+        """Greedy continuation of ``tokens`` (new tokens only), stopping early on a ``stop`` id."""
+        ...
