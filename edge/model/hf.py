@@ -73,15 +73,15 @@ def load_hf_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> 
     """Build our Transformer from a Hugging Face checkpoint directory, weights cast to ``dtype``."""
     path = Path(path)
     spec = read_spec(path)
-    files = safetensors_files(path)
+    where = safetensors_files(path)
     with torch.device("meta"):
         model = Transformer(spec)  # shapes only; the checkpoint's tensors become the parameters
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if spec.tie_embeddings:
         del expected["lm_head.weight"]
     with ExitStack() as stack:
-        handles = {f: stack.enter_context(open_safetensors(f)) for f in sorted(set(files.values()))}
-        plan = plan_tensors(path, spec, handles, files, expected)
+        handles = {f: stack.enter_context(open_safetensors(f)) for f in sorted(set(where.values()))}
+        plan = plan_tensors(path, spec, handles, where, expected)
         state = {name: read_tensor(handles[src.file], src).to(dtype) for name, src in plan.items()}
     if spec.tie_embeddings:
         state["lm_head.weight"] = state["embed_tokens.weight"]
@@ -147,12 +147,17 @@ def our_name(arch: str, key: str) -> str:
     return name
 
 
-def plan_tensors(path, spec, handles, files, expected) -> dict[str, Source]:
+def plan_tensors(
+    path: Path,
+    spec: ModelSpec,
+    handles: dict[Path, object],
+    where: dict[str, Path],
+    expected: dict[str, tuple[int, ...]],
+) -> dict[str, Source]:
     """Map every expected parameter to its Source; check names and shapes, read no data."""
     plan: dict[str, Source] = {}
-    found: dict[str, tuple[int, ...]] = {}
     extra: list[str] = []
-    for key, f in sorted(files.items()):
+    for key, f in sorted(where.items()):
         if IGNORED.search(key) or (spec.tie_embeddings and key == "lm_head.weight"):
             continue  # tied: the head is the embedding, whatever copy the checkpoint keeps
         name = our_name(spec.arch, key)
@@ -165,20 +170,19 @@ def plan_tensors(path, spec, handles, files, expected) -> dict[str, Source]:
             if name not in expected:
                 extra.append(key)
                 continue
-            plan[name] = Source(f, key)
-            found[key] = shape
             check_shape(f, key, expected[name], shape)
+            plan[name] = Source(f, key)
             continue
         prefix, kind = fused.groups()
-        parts = [(f"{prefix}.0.{proj}.weight", half) for proj, half in FUSED_EXPERTS[kind]]
-        if parts[0][0] not in expected:
+        parts = FUSED_EXPERTS[kind]
+        first = f"{prefix}.0.{parts[0][0]}.weight"
+        if first not in expected:
             extra.append(key)
             continue
-        per_expert = expected[parts[0][0]]  # (F, D) for gate/up, (D, F) for down
-        rows = per_expert[0] * len(parts)
-        check_shape(f, key, (spec.n_experts, rows, per_expert[1]), shape)
+        rows, cols = expected[first]  # (F, D) for gate and up, (D, F) for down
+        check_shape(f, key, (spec.n_experts, rows * len(parts), cols), shape)
         for e in range(spec.n_experts):
-            for proj, half in FUSED_EXPERTS[kind]:
+            for proj, half in parts:
                 plan[f"{prefix}.{e}.{proj}.weight"] = Source(f, key, expert=e, half=half)
     if extra:
         more = f" (and {len(extra) - 3} more)" if len(extra) > 3 else ""
@@ -190,7 +194,7 @@ def plan_tensors(path, spec, handles, files, expected) -> dict[str, Source]:
     if missing:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
         raise ModelLoadError(
-            f"{path}: missing tensors for {', '.join(missing[:3])}{more} of a {spec.arch} model; "
+            f"{path}: no checkpoint tensor for parameter {', '.join(missing[:3])}{more} of a {spec.arch} model; "
             "the checkpoint is incomplete or does not match its config.json"
         )
     return plan

@@ -33,6 +33,11 @@ LLAMA3_ROPE = dict(  # original context 64 puts head_dim 16's wavelengths in all
     original_max_position_embeddings=64,
 )  # fmt: skip
 
+QWEN2_MOE = dict(
+    TINY, intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=80, num_experts=6,
+    tie_word_embeddings=False,
+)  # fmt: skip
+
 CONFIGS = {
     "llama-tied": lambda: transformers.LlamaConfig(**TINY, intermediate_size=96, tie_word_embeddings=True),
     "llama3-untied": lambda: transformers.LlamaConfig(
@@ -46,14 +51,11 @@ CONFIGS = {
         **TINY, intermediate_size=48, num_local_experts=8, num_experts_per_tok=2, tie_word_embeddings=False
     ),
     "qwen2_moe": lambda: transformers.Qwen2MoeConfig(
-        **TINY, intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=80,
-        num_experts=6, num_experts_per_tok=2, norm_topk_prob=False, tie_word_embeddings=False,
-    ),  # fmt: skip
+        **QWEN2_MOE, num_experts_per_tok=2, norm_topk_prob=False
+    ),
     "qwen2_moe-norm-dense0": lambda: transformers.Qwen2MoeConfig(
-        **TINY, intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=80,
-        num_experts=6, num_experts_per_tok=3, norm_topk_prob=True, mlp_only_layers=[0],
-        tie_word_embeddings=False,
-    ),  # fmt: skip
+        **QWEN2_MOE, num_experts_per_tok=3, norm_topk_prob=True, mlp_only_layers=[0]
+    ),
 }
 
 

@@ -68,7 +68,9 @@ def tiny(cfg: dict, **changes) -> dict:
     return small | changes
 
 
-@pytest.mark.parametrize("cfg,total", PUBLISHED, ids=lambda v: v["architectures"][0] if isinstance(v, dict) else "")
+@pytest.mark.parametrize(
+    "cfg,total", PUBLISHED, ids=lambda v: v["architectures"][0] if isinstance(v, dict) else ""
+)
 def test_param_count_matches_published_checkpoint(cfg, total):
     spec = ModelSpec.from_hf_config(cfg)
     assert spec.arch == HF_ARCHITECTURES[cfg["architectures"][0]]
@@ -147,3 +149,18 @@ def test_config_file_errors(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="not valid JSON"):
         ModelSpec.from_config_file(tmp_path / "config.json")
+
+
+def test_transformers_5_rope_parameters():
+    """transformers 5 writes rope_theta and the scaling into one "rope_parameters" object."""
+    cfg = dict(LLAMA_3_1_8B)
+    rope = dict(cfg.pop("rope_scaling"), rope_theta=cfg.pop("rope_theta"))
+    spec = ModelSpec.from_hf_config(dict(cfg, rope_parameters=rope))
+    assert spec == ModelSpec.from_hf_config(LLAMA_3_1_8B)
+
+
+def test_biases_per_architecture():
+    assert not ModelSpec.from_hf_config(dict(QWEN1_5_MOE_A2_7B, qkv_bias=False)).qkv_bias
+    assert not ModelSpec.from_hf_config(dict(MISTRAL_7B, attention_bias=True)).qkv_bias  # Mistral has none
+    with pytest.raises(UnsupportedArchitecture, match="attention_bias"):
+        ModelSpec.from_hf_config(dict(LLAMA_3_1_8B, attention_bias=True))
