@@ -60,8 +60,7 @@ def _open(path: str | Path):
         return gguf.GGUFReader(str(path), "r")
     except Exception as e:  # truncated or not a GGUF: numpy/ValueError from deep inside the reader
         raise ModelLoadError(
-            f"{path}: not a readable GGUF file ({type(e).__name__}: {e}); the file may be truncated "
-            "or corrupt: download or convert it again"
+            f"{path}: truncated or corrupt GGUF file ({e}); download or convert it again"
         ) from e
 
 

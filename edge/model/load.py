@@ -144,5 +144,6 @@ def load_model(name_or_path: str | Path, dtype=None) -> LoadedModel:
 
     kwargs = {} if dtype is None else {"dtype": dtype}
     model, spec = load_hf_checkpoint(src.path, **kwargs)
+    model.eval().requires_grad_(False)  # inference everywhere; torch.export's static cache needs it
     tok = Tokenizer.from_hf_dir(src.path)
     return LoadedModel(model, spec, tok, src)

@@ -195,7 +195,8 @@ def _stage(tokens: int, steps: list[tuple[ForwardCost, dict]], m: _Machine, weig
     flops = sum(c.flops for c, _ in steps) * weight / n_steps
     byts = sum(c.bytes for c, _ in steps) * weight / n_steps
     batch = steps[0][0].batch
-    return Stage(tokens, secs / n_steps, tokens * batch / secs if secs else math.inf, flops, byts, per,
+    per_step = secs / n_steps
+    return Stage(tokens, per_step, tokens * batch / per_step if per_step else math.inf, flops, byts, per,
                  binding, headroom)
 
 

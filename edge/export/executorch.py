@@ -1,0 +1,288 @@
+"""Export step, ExecuTorch: the reference decoder -> a ``.pte`` program lowered to XNNPACK.
+
+One method, ``forward(tokens (1, T) int64, start_pos (1,) int64) -> logits (1, T, vocab) fp32``,
+runs both prefill (T tokens) and decode (T = 1) against a static KV cache held inside the program
+as mutable buffers. Export-friendly rewrites are applied to a copy of the model, never to the
+reference (measured on 2 cores, they make decode 2.8x faster, see docs/export.md):
+
+* cache writes and attention through ExecuTorch's own ``llama::update_cache`` and
+  ``llama::custom_sdpa`` kernels (GQA and causal masking from ``start_pos`` inside the kernel);
+* RMSNorm's mean of squares as a matmul, which XNNPACK takes, instead of a portable ``mean``;
+* RoPE as ``x*C + (x@R)*S`` with a fixed rotation matrix R, instead of slicing and stacking.
+
+Constant methods (``get_max_seq_len``, ``get_vocab_size``, ``use_kv_cache``, ``get_bos_id``,
+``get_eos_ids`` ...) describe the program the way ExecuTorch's native LLM runner reads them.
+
+    from edge.export.executorch import PteConfig, export_pte
+    res = export_pte(model, "model.pte", PteConfig(quant="8da4w", max_seq=512))
+    res.outside_delegate   # {'llama.custom_sdpa.default': 30, ...}: ops left on CPU kernels
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edge.errors import ConfigError, EdgeError
+
+# recipe name -> (activation, weight bits): what each .pte weight format means. torchao's
+# weight-only configs do not lower in ExecuTorch 1.5.1 ("Missing out variants"), so only the
+# dynamic-activation ones are offered.
+PTE_QUANT: dict[str, tuple[str, int]] = {
+    "fp32": ("fp32", 32),
+    "8da4w": ("int8 dynamic per token", 4),
+    "8da8w": ("int8 dynamic per token", 8),
+}
+PTE_FORMAT_VERSION = 1  # bump when the forward signature or constant methods change
+
+
+@dataclass(frozen=True)
+class PteConfig:
+    """How to export: weight format, context length, group size of the 4-bit weights."""
+
+    quant: str = "fp32"
+    max_seq: int = 512
+    group_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.quant not in PTE_QUANT:
+            raise ConfigError(f"pte quant '{self.quant}' unknown; allowed: {', '.join(PTE_QUANT)}")
+        if self.max_seq < 2:
+            raise ConfigError(f"pte max_seq must be at least 2, got {self.max_seq}")
+        if self.group_size not in (32, 64, 128, 256):
+            raise ConfigError(f"pte group_size {self.group_size} not allowed; allowed: 32, 64, 128, 256")
+
+
+@dataclass
+class PteExport:
+    path: Path
+    config: PteConfig
+    seconds: float  # export + lowering + serialisation
+    delegated: int  # XNNPACK delegate calls in the program
+    outside_delegate: dict[str, int] = field(default_factory=dict)  # op -> count on CPU kernels
+    quantized_linears: int = 0
+    skipped_linears: tuple[str, ...] = ()  # Linear layers whose input width is not a group multiple
+
+    def to_dict(self) -> dict:
+        return {"path": self.path.name, "quant": self.config.quant, "max_seq": self.config.max_seq,
+                "group_size": self.config.group_size, "seconds": round(self.seconds, 1),
+                "delegated": self.delegated, "outside_delegate": dict(sorted(self.outside_delegate.items())),
+                "quantized_linears": self.quantized_linears, "skipped_linears": list(self.skipped_linears)}
+
+
+def load_custom_ops() -> None:
+    """Register ExecuTorch's llama custom ops (ATen side for export, kernels for the runtime)."""
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
+
+
+def load_quantized_kernels() -> None:
+    """The 4-bit packed embedding kernel lives in a library ExecuTorch does not load by itself."""
+    import ctypes
+
+    import executorch
+
+    lib = Path(list(executorch.__path__)[0]) / "lib" / "libexecutorch_kernels_quantized.so"
+    if lib.exists():
+        ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+
+
+# ---- export-friendly module swaps (applied to a copy) ----------------------------------------
+class MatmulRMSNorm(nn.Module):
+    """RMSNorm with the mean of squares as ``(x*x) @ (1/dim)``: a matmul XNNPACK runs."""
+
+    def __init__(self, weight: torch.Tensor, eps: float):
+        super().__init__()
+        dim = weight.shape[0]
+        self.eps = eps
+        self.weight = nn.Parameter(weight.detach().float().clone(), requires_grad=False)
+        self.register_buffer("inv_dim", torch.full((dim, 1), 1.0 / dim), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ms = (x * x) @ self.inv_dim  # (B, T, 1)
+        return x * torch.rsqrt(ms + self.eps) * self.weight
+
+
+def rotate_half_matrix(hd: int) -> torch.Tensor:
+    """R with ``x @ R == cat(-x2, x1)`` (rotate_half of the reference model), (hd, hd)."""
+    h = hd // 2
+    r = torch.zeros(hd, hd)
+    r[torch.arange(h) + h, torch.arange(h)] = -1.0
+    r[torch.arange(h), torch.arange(h) + h] = 1.0
+    return r
+
+
+class CustomOpAttention(nn.Module):
+    """The reference Attention with ExecuTorch's cache and SDPA kernels; cache (1, S, n_kv, hd)."""
+
+    def __init__(self, attn: nn.Module, max_seq: int):
+        super().__init__()
+        self.n_heads, self.n_kv, self.hd = attn.n_heads, attn.n_kv, attn.hd
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
+        self.register_buffer("rot", rotate_half_matrix(self.hd), persistent=False)
+        shape = (1, max_seq, self.n_kv, self.hd)
+        self.register_buffer("k_cache", torch.zeros(shape), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape), persistent=False)
+
+    def forward(self, x, cos, sin, start: int):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.hd)  # (B, T, nh, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd)  # (B, T, nkv, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.hd)
+        q = q * cos + (q @ self.rot) * sin  # cos, sin: (1, T, 1, hd)
+        k = k * cos + (k @ self.rot) * sin
+        torch.ops.llama.update_cache(k, self.k_cache, start)
+        torch.ops.llama.update_cache(v, self.v_cache, start)
+        y = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, start, None, 0, True)  # (B, T, nh, hd)
+        return self.o_proj(y.reshape(B, T, self.n_heads * self.hd))
+
+
+class PteDecoder(nn.Module):
+    """The reference Transformer's weights behind the .pte forward signature."""
+
+    def __init__(self, model: nn.Module, max_seq: int):
+        super().__init__()
+        spec = model.spec
+        if spec.is_moe:
+            raise ConfigError(f"{spec.name or 'model'}: the .pte exporter handles dense models; "
+                              "this one has a mixture-of-experts MLP")
+        self.max_seq = max_seq
+        self.embed_tokens = model.embed_tokens
+        self.layers = model.layers
+        for layer in self.layers:
+            layer.input_layernorm = MatmulRMSNorm(layer.input_layernorm.weight, layer.input_layernorm.eps)
+            layer.post_attention_layernorm = MatmulRMSNorm(layer.post_attention_layernorm.weight,
+                                                           layer.post_attention_layernorm.eps)
+            layer.self_attn = CustomOpAttention(layer.self_attn, max_seq)
+        self.norm = MatmulRMSNorm(model.norm.weight, model.norm.eps)
+        self.lm_head = model.lm_head
+        cos, sin = model.rope(torch.arange(max_seq), torch.float32)  # (S, hd)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, tokens: torch.Tensor, start_pos: torch.Tensor) -> torch.Tensor:
+        T = tokens.shape[1]
+        start = start_pos[0].item()
+        torch._check_is_size(start)
+        torch._check(start + T <= self.max_seq)
+        cos = self.cos.narrow(0, start, T)[None, :, None, :]  # (1, T, 1, hd)
+        sin = self.sin.narrow(0, start, T)[None, :, None, :]
+        x = self.embed_tokens(tokens)
+        for layer in self.layers:
+            h = x + layer.self_attn(layer.input_layernorm(x), cos, sin, start)
+            x = h + layer.mlp(layer.post_attention_layernorm(h))
+        return self.lm_head(self.norm(x))
+
+
+def export_copy(model: nn.Module, max_seq: int) -> PteDecoder:
+    """A PteDecoder over a deep copy of ``model`` (fp32, no grad): the reference stays untouched."""
+    load_custom_ops()
+    m = copy.deepcopy(model).float().eval()
+    m.drop_cache()
+    for p in m.parameters():
+        p.requires_grad_(False)  # a static-cache export with grad-enabled params fails to trace
+    return PteDecoder(m, max_seq).eval()
+
+
+def quantize_8da(dec: PteDecoder, bits: int, group_size: int) -> tuple[int, tuple[str, ...]]:
+    """torchao 8-bit dynamic activations, ``bits``-bit grouped weights on every Linear whose input
+    width is a multiple of the group. Returns (quantized count, skipped names)."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    linears = [(n, m) for n, m in dec.named_modules() if isinstance(m, nn.Linear)]
+    skipped = tuple(n for n, m in linears if m.in_features % group_size)
+    if dec.lm_head.weight is dec.embed_tokens.weight:
+        # untie: quantize_ swaps lm_head's weight for a quantized tensor; the embedding stays fp32
+        dec.lm_head.weight = nn.Parameter(dec.lm_head.weight.detach().clone(), requires_grad=False)
+    cfg = Int8DynamicActivationIntxWeightConfig(
+        weight_dtype={4: torch.int4, 8: torch.int8}[bits], weight_granularity=PerGroup(group_size))
+    quantize_(dec, cfg, filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and m.in_features % group_size == 0)
+    return len(linears) - len(skipped), skipped
+
+
+def constant_methods(dec: PteDecoder, bos_id: int | None, eos_ids: list[int]) -> dict:
+    """Scalars ExecuTorch's LLM runner reads off a .pte (extension/llm/runner/constants.h)."""
+    out = {
+        "get_max_seq_len": dec.max_seq,
+        "get_max_context_len": dec.max_seq,
+        "get_vocab_size": dec.lm_head.out_features,
+        "use_kv_cache": True,
+        "use_sdpa_with_kv_cache": False,
+        "enable_dynamic_shape": True,
+        "get_n_layers": len(dec.layers),
+        "edge_pte_format": PTE_FORMAT_VERSION,
+    }
+    if bos_id is not None:
+        out["get_bos_id"] = bos_id
+    if eos_ids:
+        out["get_eos_ids"] = list(eos_ids)
+    return out
+
+
+def op_name(node: torch.fx.Node) -> str:
+    """'aten.mul.Tensor', 'llama.update_cache.default', ... for an fx node."""
+    t = node.target
+    if t is torch.ops.higher_order.auto_functionalized_v2 or getattr(t, "__name__", "") == "auto_functionalized_v2":
+        t = node.args[0]  # the functionalised op (e.g. llama.update_cache)
+    name = getattr(t, "_name", None) or getattr(t, "__name__", None) or str(t)
+    overload = getattr(t, "_overloadname", None)
+    if overload and not name.endswith(overload):
+        name = f"{name}.{overload}"
+    return name.replace("::", ".")
+
+
+def ops_outside_delegate(gm: torch.fx.GraphModule) -> tuple[int, dict[str, int]]:
+    """(delegate calls, {op name: count}) of the lowered graph's call_function nodes."""
+    outside: Counter = Counter()
+    delegated = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = op_name(node)
+        if "executorch_call_delegate" in name:
+            delegated += 1
+        elif name != "getitem":
+            outside[name] += 1
+    return delegated, dict(outside)
+
+
+def export_pte(model: nn.Module, path: str | Path, cfg: PteConfig = PteConfig(), bos_id: int | None = None,
+               eos_ids: list[int] | tuple[int, ...] = ()) -> PteExport:
+    """Export ``model`` (the reference Transformer) to a .pte lowered to XNNPACK, written atomically."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+    from torch.export import Dim
+
+    t0 = time.perf_counter()
+    path = Path(path)
+    if cfg.max_seq > model.spec.max_seq_len:
+        raise ConfigError(f"pte max_seq {cfg.max_seq} exceeds the model's context {model.spec.max_seq_len}")
+    dec = export_copy(model, cfg.max_seq)
+    n_q, skipped = 0, ()
+    if cfg.quant != "fp32":
+        n_q, skipped = quantize_8da(dec, PTE_QUANT[cfg.quant][1], cfg.group_size)
+    example = (torch.zeros(1, 2, dtype=torch.long), torch.tensor([0], dtype=torch.long))
+    seq = Dim("seq", min=1, max=cfg.max_seq)
+    with torch.no_grad():
+        try:
+            ep = torch.export.export(dec, example, dynamic_shapes=({1: seq}, None), strict=False)
+        except Exception as e:
+            raise EdgeError(f"torch.export could not trace the model for .pte: {str(e).splitlines()[0]}") from e
+        edge = to_edge_transform_and_lower(
+            ep, partitioner=[XnnpackPartitioner()],
+            compile_config=EdgeCompileConfig(_check_ir_validity=False),
+            constant_methods=constant_methods(dec, bos_id, list(eos_ids)),
+        )
+        delegated, outside = ops_outside_delegate(edge.exported_program().graph_module)
+        prog = edge.to_executorch()
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        prog.write_to_file(f)
+    tmp.replace(path)
+    return PteExport(path, cfg, time.perf_counter() - t0, delegated, outside, n_q, skipped)
