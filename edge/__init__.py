@@ -6,7 +6,14 @@
 Importing ``edge`` is light (no torch); heavy backends load inside the stages that use them.
 """
 
-from edge.errors import BudgetFailed, ConfigError, EdgeError, ModelLoadError, UnknownTarget, UnsupportedArchitecture
+from edge.errors import (
+    BudgetFailed,
+    ConfigError,
+    EdgeError,
+    ModelLoadError,
+    UnknownTarget,
+    UnsupportedArchitecture,
+)
 from edge.model.spec import ModelSpec
 
 __version__ = "0.1.0"

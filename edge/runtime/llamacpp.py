@@ -11,7 +11,6 @@ import numpy as np
 
 from edge.errors import ModelLoadError
 
-
 # llama.cpp's KV cache element types (ggml_type ids); "f32" makes logits comparable to the torch
 # reference to ~1e-5, the default f16 cache differs by ~3e-2.
 KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}
