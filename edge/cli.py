@@ -130,7 +130,116 @@ def generate_cmd(model, prompt, max_tokens, chat, as_json) -> None:
 
 
 # ---- targets and simulation -------------------------------------------------------------------
-# (target commands: targets list/show/probe, simulate)
+@main.group()
+def targets() -> None:
+    """Device profiles (targets/*.yaml): list, show, and probe this machine."""
+
+
+@targets.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly
+def targets_list(as_json: bool) -> None:
+    """List the target profiles."""
+    from edge.targets import list_targets, load_target
+
+    rows = [load_target(n) for n in list_targets()]
+    if as_json:
+        return echo_json([{"name": t.name, "class": t.device_class, "description": t.description,
+                           "runtimes": list(t.runtimes)} for t in rows])
+    for t in rows:
+        click.echo(f"{t.name:<18} {t.device_class:<15} {t.description}")
+
+
+@targets.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@friendly
+def targets_show(name: str, as_json: bool) -> None:
+    """Every figure of target NAME with its source."""
+    from dataclasses import asdict
+
+    from edge.targets import format_figure, load_target
+
+    t = load_target(name)
+    if as_json:
+        return echo_json(asdict(t))
+    click.echo(f"{t.name}: {t.description}  [{t.path}]")
+    for key, prov in t.provenance.items():
+        click.echo(f"  {key:<34} {format_figure(*t.figures[key]):>12}  {prov}")
+    click.echo("  runtimes: " + "; ".join(f"{r.name} on {r.unit} ({', '.join(r.recipes)})" for r in t.runtimes.values()))
+    click.echo(f"  defaults: runtime {dict(t.defaults.runtime)}, budgets {list(t.defaults.budgets)}")
+    for c in t.constraints:
+        click.echo(f"  constraint: {c}")
+
+
+@targets.command("probe")
+@click.option("--name", default="host", show_default=True, help="Profile name to write.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write here (default: print).")
+@click.option("--repeats", default=5, show_default=True, help="Best of this many runs per measurement.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw measurements instead.")
+@friendly
+def targets_probe(name: str, out: str | None, repeats: int, as_json: bool) -> None:
+    """Measure this machine (bandwidth, fp32/int8 matmul, cores, caches) and write a profile."""
+    from edge.probe import probe, profile_yaml
+
+    m = probe(repeats=repeats)
+    if as_json:
+        return echo_json(m)
+    text = profile_yaml(m, name=name)
+    if out:
+        from pathlib import Path
+
+        Path(out).write_text(text)
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(text)
+
+
+def _load_spec(model: str):
+    try:
+        from edge.model.load import load_spec
+    except ImportError:  # the loaders are optional for the simulator: a config.json is enough
+        from edge.model.spec import ModelSpec
+
+        return ModelSpec.from_config_file(model)
+    return load_spec(model)
+
+
+@main.command("simulate")
+@click.option("--model", "model", default="smollm2-135m", show_default=True,
+              help="Built-in name, .gguf, checkpoint dir or config.json.")
+@click.option("--target", required=True, help="Target profile name or YAML path.")
+@click.option("--recipe", default=None, help="Preset name or recipe file (default: the target's).")
+@click.option("--runtime", default=None, help="Runtime (default: the target's default for the recipe).")
+@click.option("--prompt-len", type=int, default=None, help="Prompt tokens.")
+@click.option("--gen-len", type=int, default=None, help="Generated tokens.")
+@click.option("--context", type=int, default=None, help="KV cache length (default prompt + gen).")
+@click.option("--batch", type=int, default=None, help="Sequences decoded together.")
+@click.option("--budget", "budgets", multiple=True, help="e.g. 'decode_tok_s>=15' (repeatable; default: the target's).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (stable contract).")
+@friendly
+def simulate_cmd(model, target, recipe, runtime, prompt_len, gen_len, context, batch, budgets, as_json) -> None:
+    """Predict tokens/s, latency, memory and CPU load of MODEL on TARGET; exit 1 if a budget fails."""
+    from edge.errors import BudgetFailed
+    from edge.sim import Workload, simulate
+    from edge.sim.report import format_result
+    from edge.targets import load_target
+
+    t = load_target(target)
+    wl = dict(t.defaults.workload)
+    wl.update({k: v for k, v in dict(prompt_len=prompt_len, gen_len=gen_len, context=context, batch=batch).items()
+               if v is not None})
+    if context is None and wl.get("context", 0) < wl.get("prompt_len", 128) + wl.get("gen_len", 64):
+        wl["context"] = 0  # the profile's default context is too short for the asked workload: size it to fit
+    res = simulate(_load_spec(model), recipe or t.defaults.recipe or "q4_0", t, runtime=runtime,
+                   workload=Workload(**wl), budgets=list(budgets) if budgets else None)
+    if as_json:
+        echo_json(res.to_dict())
+    else:
+        click.echo(format_result(res))
+    if not res.ok or not res.fits:
+        failed = [b.name for b in res.budgets if not b.ok] + ([] if res.fits else ["fits"])
+        raise BudgetFailed(f"{res.model} on {res.target}: failed {', '.join(failed)}")
 
 
 if __name__ == "__main__":

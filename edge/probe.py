@@ -69,12 +69,13 @@ def _best(fn, repeats: int) -> float:
     return best
 
 
-def measure_bandwidth(threads: int, mbytes: int = 256, repeats: int = 5) -> dict:
-    """Bytes/s reading (sum) and copying (read + write counted) arrays far larger than the caches."""
+def measure_bandwidth(threads: int, mbytes: int = 1024, repeats: int = 5) -> dict:
+    """Bytes/s reading (a BLAS dot product) and copying (read + write counted), on arrays larger than
+    the last-level cache, split over ``threads`` threads."""
     import numpy as np
 
-    n = mbytes * 2**20 // 8 // threads
-    src = [np.ones(n, dtype=np.float64) for _ in range(threads)]
+    n = mbytes * 2**20 // 4 // threads
+    src = [np.ones(n, dtype=np.float32) for _ in range(threads)]
     dst = [np.empty_like(s) for s in src]
     pool = ThreadPoolExecutor(threads)
 
@@ -82,9 +83,9 @@ def measure_bandwidth(threads: int, mbytes: int = 256, repeats: int = 5) -> dict
         list(pool.map(f, range(threads)))
 
     copy = _best(lambda: par(lambda i: np.copyto(dst[i], src[i])), repeats)
-    read = _best(lambda: par(lambda i: src[i].sum()), repeats)
+    read = _best(lambda: par(lambda i: np.dot(src[i], src[i])), repeats)
     pool.shutdown()
-    total = n * 8 * threads
+    total = n * 4 * threads
     return {"copy": 2 * total / copy, "read": total / read}
 
 
@@ -135,6 +136,8 @@ def probe(repeats: int = 5) -> dict:
         "mem_available": mem.get("MemAvailable", 0),
         "bandwidth_read": max(bw1["read"], bwn["read"]),
         "bandwidth_copy": max(bw1["copy"], bwn["copy"]),
+        # the streaming figure the simulator uses: the better of the two kernels (copy counts read + write)
+        "bandwidth": max(bw1["read"], bwn["read"], bw1["copy"], bwn["copy"]),
         "fp32_ops": measure_matmul_fp32(repeats=repeats),
         "int8_ops": measure_matmul_int8(repeats=repeats, threads=cores),
     }
@@ -172,15 +175,16 @@ name: {name}
 description: "{cpu['model']}, {m['cores']} cores ({m['machine']}; SIMD {' '.join(cpu['simd']) or 'unknown'})"
 class: host
 sources:
-  probe: "edge targets probe, {m['date']}: numpy copies/reads of 256 MiB arrays on all cores (best of 5),
+  probe: "edge targets probe, {m['date']}: numpy copies and BLAS dot reads of 1 GiB arrays on all cores (best of 5),
     numpy fp32 1024^3 matmul, onnxruntime MatMulInteger 1024^3, /proc/cpuinfo, /proc/meminfo, /sys caches"
 memory:
   total: {_g(m['mem_total'], 'GiB', 2**30)}
   available: {_g(m['mem_available'], 'GiB', 2**30)}
   dram: unknown (virtual machine)
-  # streaming read bandwidth on all cores; the host's DRAM peak is not visible from inside it
-  peak_bandwidth: {_g(m['bandwidth_read'], 'GB/s', 1e9)}
-  measured_bandwidth: {_g(m['bandwidth_read'], 'GB/s', 1e9)}
+  # streaming bandwidth (best of a BLAS dot read, {_g(m['bandwidth_read'], 'GB/s', 1e9)}, and a copy counting
+  # read + write, {_g(m['bandwidth_copy'], 'GB/s', 1e9)}); the host's DRAM peak is not visible from inside a VM
+  peak_bandwidth: {_g(m['bandwidth'], 'GB/s', 1e9)}
+  measured_bandwidth: {_g(m['bandwidth'], 'GB/s', 1e9)}
   source: probe
 cpu:
   arch: {m['machine']}

@@ -168,6 +168,7 @@ class TargetProfile:
     constraints: tuple[str, ...] = ()
     sources: Mapping[str, str] = field(default_factory=dict)
     provenance: Mapping[str, str] = field(default_factory=dict)  # figure key -> source or estimate
+    figures: Mapping[str, tuple[float, str]] = field(default_factory=dict)  # figure key -> (SI value, unit kind)
     path: str = ""
 
     def runtime_for(self, recipe: str, runtime: str | None = None) -> Runtime:
@@ -216,6 +217,7 @@ class _Reader:
         self.path = path
         self.sources = sources
         self.provenance: dict[str, str] = {}
+        self.figures: dict[str, tuple[float, str]] = {}
 
     def err(self, key: str, msg: str) -> ConfigError:
         return ConfigError(f"{self.path}: {key}: {msg}")
@@ -262,6 +264,7 @@ class _Reader:
         if not prov:
             raise self.err(key, "a hardware figure needs 'source: <key of sources>' or 'estimate: <why>'")
         self.provenance[key] = prov
+        self.figures[key] = (v, kind)
         return v
 
     def fraction(self, value: Any, key: str) -> float:
@@ -477,8 +480,17 @@ def parse_profile(doc: Any, path: str = "<profile>") -> TargetProfile:
         cpu=cpu, units=units, runtimes=runtimes,
         defaults=Defaults(runtime=dict(dr), budgets=budgets, recipe=recipe, workload=workload),
         efficiency=tuple(eff), constraints=notes, sources=dict(sources),
-        provenance=dict(r.provenance), path=path,
+        provenance=dict(r.provenance), figures=dict(r.figures), path=path,
     )
+
+
+_DISPLAY = {"bytes": ("GB", 1e9), "bandwidth": ("GB/s", 1e9), "frequency": ("GHz", 1e9), "ops": ("TOPS", 1e12),
+            "time": ("us", 1e-6), "power": ("W", 1)}
+
+
+def format_figure(value: float, kind: str) -> str:
+    unit, scale = _DISPLAY[kind]
+    return f"{value / scale:.4g} {unit}"
 
 
 def list_targets(directory: str | Path | None = None) -> list[str]:

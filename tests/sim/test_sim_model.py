@@ -1,0 +1,148 @@
+"""Simulator arithmetic: the roofline behaves as physics says, on hand-checkable cases."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from edge.errors import ConfigError
+from edge.model.spec import ModelSpec
+from edge.sim import PRESETS, QUANT_TYPES, Workload, expected_distinct_experts, load_recipe, simulate
+from edge.sim.model import weight_bytes
+from edge.targets import load_target
+
+SMOL = ModelSpec(arch="llama", vocab_size=49152, dim=576, n_layers=30, n_heads=9, n_kv_heads=3, ffn_dim=1536,
+                 tie_embeddings=True, rope_theta=1e5, name="smollm2-135m")
+LLAMA8B = ModelSpec(arch="llama", vocab_size=128256, dim=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                    ffn_dim=14336, name="llama-8b")
+WL = Workload(prompt_len=128, gen_len=64)
+
+
+def test_simulator_imports_no_torch():
+    code = ("import sys; import edge.sim, edge.targets, edge.cli; from edge.sim import simulate; "
+            "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "ok" in out.stdout
+
+
+def test_quant_table_bits():
+    assert QUANT_TYPES["q4_0"].bits_per_weight == 4.5
+    assert QUANT_TYPES["q8_0"].bits_per_weight == 8.5
+    assert QUANT_TYPES["q6_k"].bits_per_weight == pytest.approx(6.5625)
+    assert set(PRESETS) >= {"fp32", "fp16", "bf16", "q8_0", "q4_0", "q4_k_m", "w4a16", "w8a8", "8da4w"}
+
+
+def test_weight_bytes_match_llamacpp_files():
+    # llama.cpp's files of the built-in model: 539.8 / 144.8 / 91.7 / 105.5 MB incl. ~1.7 MB metadata
+    for recipe, mb in (("fp32", 539.8), ("q8_0", 144.8), ("q4_0", 91.7), ("q4_k_m", 105.5)):
+        got = sum(weight_bytes(SMOL, load_recipe(recipe)).values()) / 1e6
+        assert got == pytest.approx(mb - 1.7, rel=0.01), recipe
+
+
+def test_q4_k_m_averages_about_4_85_bits_on_llama_8b():
+    bits = 8 * sum(weight_bytes(LLAMA8B, load_recipe("q4_k_m")).values()) / LLAMA8B.param_count()
+    assert 4.7 < bits < 5.0
+
+
+def test_decode_scales_with_bandwidth():
+    t = load_target("raspberry-pi-5")
+    fast = dataclasses.replace(t, memory=dataclasses.replace(t.memory, peak_bandwidth=2 * t.memory.peak_bandwidth))
+    a = simulate(LLAMA8B, "q4_0", t, workload=WL, budgets=[])
+    b = simulate(LLAMA8B, "q4_0", fast, workload=WL, budgets=[])
+    assert a.decode.binding == "bandwidth"
+    # bandwidth-bound: twice the bandwidth, nearly twice the tokens/s (fixed per-layer cost aside)
+    assert 1.8 < b.decode_tok_s / a.decode_tok_s <= 2.0
+
+
+def test_prefill_is_compute_bound_and_decode_bandwidth_bound():
+    r = simulate(LLAMA8B, "w4a16", "snapdragon-8gen2", workload=WL, budgets=[])
+    assert r.prefill.binding == "compute"
+    assert r.decode.binding == "bandwidth"
+    assert r.ttft_s == pytest.approx(WL.prompt_len / r.prefill_tok_s)
+    assert r.latency_s == pytest.approx(r.ttft_s + (WL.gen_len - 1) / r.decode_tok_s)
+
+
+def _moe(total_like_dense: ModelSpec, experts=8, k=2) -> ModelSpec:
+    # same total parameters as the dense model: split its FFN into `experts` experts
+    return total_like_dense.with_(n_experts=experts, n_experts_per_tok=k,
+                                  moe_ffn_dim=total_like_dense.ffn_dim // experts, name="moe")
+
+
+def test_moe_reads_fewer_bytes_than_dense_of_same_total():
+    moe = _moe(LLAMA8B)
+    assert moe.param_count() == pytest.approx(LLAMA8B.param_count(), rel=0.01)
+    d = simulate(LLAMA8B, "q4_0", "raspberry-pi-5", workload=WL, budgets=[])
+    m = simulate(moe, "q4_0", "raspberry-pi-5", workload=WL, budgets=[])
+    assert m.decode.bytes < 0.6 * d.decode.bytes
+    assert m.decode_tok_s > 1.5 * d.decode_tok_s
+    assert m.memory["weights"] == pytest.approx(d.memory["weights"], rel=0.01)  # all experts stay resident
+    assert m.moe["distinct_experts_per_decode_step"] == pytest.approx(2.0)
+
+
+def test_expected_distinct_experts_with_batch():
+    assert expected_distinct_experts(8, 2, 1) == pytest.approx(2)
+    assert expected_distinct_experts(8, 2, 4) == pytest.approx(8 * (1 - 0.75**4))
+    assert expected_distinct_experts(8, 2, 1000) == pytest.approx(8)
+    moe = _moe(LLAMA8B)
+    b1 = simulate(moe, "q4_0", "raspberry-pi-5", workload=WL, budgets=[])
+    b4 = simulate(moe, "q4_0", "raspberry-pi-5", workload=dataclasses.replace(WL, batch=4), budgets=[])
+    assert b4.moe["distinct_experts_per_decode_step"] == pytest.approx(8 * (1 - 0.75**4))
+    assert b4.decode.bytes > b1.decode.bytes
+
+
+def test_int8_kv_halves_kv_memory():
+    wl = Workload(prompt_len=128, gen_len=64, context=8192)
+    fp16 = simulate(LLAMA8B, "q4_0", "apple-m2", workload=wl, budgets=[])
+    int8 = simulate(LLAMA8B, dataclasses.replace(load_recipe("q4_0"), kv_cache="int8"), "apple-m2", workload=wl,
+                    budgets=[])
+    assert int8.memory["kv_cache"] == pytest.approx(fp16.memory["kv_cache"] / 2)
+    assert fp16.memory["kv_cache"] == pytest.approx(LLAMA8B.kv_cache_bytes(8192, 2.0))
+
+
+def test_kv_and_attention_grow_with_context():
+    short = simulate(LLAMA8B, "q4_0", "apple-m2", workload=Workload(128, 64), budgets=[])
+    long = simulate(LLAMA8B, "q4_0", "apple-m2", workload=Workload(8000, 64), budgets=[])
+    assert long.decode.bytes > short.decode.bytes
+    assert long.decode.flops > short.decode.flops
+    assert long.decode_tok_s < short.decode_tok_s
+
+
+def test_model_that_does_not_fit_is_a_verdict():
+    r = simulate(LLAMA8B, "w8a8", "rv1126", budgets=None)
+    assert r.fits is False and r.fit_binding == "memory capacity"
+    assert r.largest_params < 2e9 and r.decode_tok_s > 0
+    assert any("needs" in n for n in r.notes)
+
+
+def test_graph_size_limit_splits():
+    r = simulate(LLAMA8B, "w4a16", "snapdragon-8gen2", workload=WL, budgets=[])
+    assert r.graph_splits >= 3
+
+
+def test_npu_runtime_loads_the_cpu_less_than_a_cpu_runtime():
+    npu = simulate(SMOL, "w8a8", "horizon-j5", workload=WL, budgets=[])
+    cpu = simulate(SMOL, "q4_0", "horizon-j5", workload=WL, budgets=[])
+    assert npu.placement["decoder"] == "bpu" and npu.placement["softmax"] == "cpu"
+    assert cpu.cpu_load == pytest.approx(1.0)
+    assert 0 < npu.cpu_load < cpu.cpu_load
+
+
+def test_workload_validation():
+    with pytest.raises(ConfigError, match="context 100 is shorter"):
+        Workload(prompt_len=128, gen_len=64, context=100)
+
+
+def test_recipe_file_and_errors(tmp_path):
+    p = tmp_path / "mine.yaml"
+    p.write_text("base: q4_0\nweights: {output: q8_0}\nkv_cache: int8\n")
+    r = load_recipe(p)
+    assert r.preset == "q4_0" and r.kv_cache == "int8" and r.weights["output"] == "q8_0"
+    p.write_text("base: q4_0\nkv_cahce: int8\n")
+    with pytest.raises(ConfigError, match="did you mean 'kv_cache'"):
+        load_recipe(p)
+    with pytest.raises(ConfigError, match="did you mean 'q4_0'"):
+        load_recipe("q4_o")

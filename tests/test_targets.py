@@ -1,0 +1,119 @@
+"""Target profiles: every shipped profile loads, and bad profiles fail with file and key named."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from edge.errors import ConfigError, UnknownTarget
+from edge.targets import TARGETS_DIR, list_targets, load_target, parse_profile, parse_quantity
+
+ISSUE_TARGETS = ["snapdragon-8gen2", "snapdragon-8gen3", "snapdragon-8elite", "rv1126", "rv1126b", "rk3588",
+                 "horizon-j5", "raspberry-pi-5", "jetson-orin-nano", "apple-m2", "nvidia-h200", "host-x86-2core"]
+
+
+def test_all_issue_targets_ship_and_load():
+    names = list_targets()
+    for n in ISSUE_TARGETS:
+        assert n in names
+    for n in names:
+        t = load_target(n)
+        assert t.name == n
+        assert t.memory.peak_bandwidth > 0 and t.memory.available <= t.memory.total
+        assert "cpu" in t.units and t.runtimes and t.efficiency
+        # every figure carries a source or says it is an estimate
+        assert t.provenance and all(p.startswith(("source", "estimate")) for p in t.provenance.values())
+
+
+def test_default_budgets_from_the_scenarios():
+    assert load_target("snapdragon-8gen2").defaults.budgets == ("decode_tok_s>=15",)
+    assert load_target("rv1126").defaults.budgets == ("latency_s<=0.3",)
+    assert load_target("horizon-j5").defaults.budgets == ("cpu_load<=0.45",)
+
+
+def test_capabilities_are_read_off_the_profile():
+    rv = load_target("rv1126")
+    assert "fp16" not in rv.units["npu"].dtypes  # int8/int16 only
+    assert load_target("horizon-j5").units["bpu"].dtypes == ("int8",)
+    assert load_target("snapdragon-8gen2").runtimes["qnn-htp"].max_graph_bytes == 2e9
+    with pytest.raises(ConfigError, match="does not run recipe 'fp16'"):
+        rv.runtime_for("fp16", "rknn")
+
+
+def test_unknown_target_suggests_the_closest():
+    with pytest.raises(UnknownTarget, match="did you mean 'rv1126'"):
+        load_target("rv1162")
+
+
+@pytest.mark.parametrize("text,kind,value", [
+    ("67.2 GB/s", "bandwidth", 67.2e9), ("8 GiB", "bytes", 8 * 2**30), ("3.2 GHz", "frequency", 3.2e9),
+    ("26 TOPS", "ops", 26e12), ("20 us", "time", 20e-6),
+])
+def test_quantities(text, kind, value):
+    assert parse_quantity(text, kind, "x") == pytest.approx(value)
+
+
+def _doc() -> dict:
+    return yaml.safe_load((TARGETS_DIR / "raspberry-pi-5.yaml").read_text())
+
+
+def _bad(mutate, match: str) -> None:
+    d = copy.deepcopy(_doc())
+    mutate(d)
+    with pytest.raises(ConfigError, match=match):
+        parse_profile(d, "targets/bad.yaml")
+
+
+def test_unknown_key_names_file_and_suggests():
+    _bad(lambda d: d["memory"].update(peak_bandwith="17 GB/s"),
+         r"targets/bad.yaml: memory.peak_bandwith: unknown key \(did you mean 'peak_bandwidth'\?\)")
+
+
+def test_missing_unit():
+    _bad(lambda d: d["memory"].update(peak_bandwidth=17.1), r"memory.peak_bandwidth: 17.1 has no unit")
+
+
+def test_wrong_unit():
+    _bad(lambda d: d["memory"].update(peak_bandwidth="17.1 GB"), r"unit 'GB' is not a bandwidth unit")
+
+
+def test_negative_and_zero_figures():
+    _bad(lambda d: d["memory"].update(total="-8 GB"), r"memory.total: must be positive")
+    _bad(lambda d: d["units"]["cpu"]["peak"].update(fp32="0 GFLOPS"), r"units.cpu.peak.fp32: must be positive")
+
+
+def test_unsourced_figure_is_rejected():
+    _bad(lambda d: d["memory"].update(total="8 GB"), r"memory.total: a hardware figure needs 'source")
+
+
+def test_source_key_must_exist():
+    _bad(lambda d: d["memory"].update(source="rpi-spek"), r"'rpi-spek' is not in the sources table \(did you mean 'rpi-spec'\?\)")
+
+
+def test_efficiency_needs_measurements_or_estimate():
+    def drop(d):
+        d["efficiency"][0].pop("fitted_to")
+        d["efficiency"][0].pop("source")
+    _bad(drop, r"efficiency\[0\]: an efficiency row needs 'fitted_to")
+
+
+def test_efficiency_fraction_range():
+    _bad(lambda d: d["efficiency"][0].update(decode_bandwidth=1.5), r"decode_bandwidth: expected a fraction")
+
+
+def test_unknown_runtime_in_defaults():
+    _bad(lambda d: d["defaults"]["runtime"].update({"*": "llama-cpp"}), r"did you mean 'llama.cpp'")
+
+
+def test_bad_default_budget():
+    _bad(lambda d: d["defaults"].update(budgets=["decode_tok_s=>15"]), r"defaults.budgets\[0\]")
+
+
+def test_malformed_yaml_file(tmp_path: Path):
+    p = tmp_path / "broken.yaml"
+    p.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_target(p)
