@@ -27,7 +27,7 @@ def evaluate(model: str, text: str | Path, window: int = 256, max_windows: int |
     from edge.runtime.eager import TorchRunner
 
     body = read_text(text)
-    lm = load_model(model)
+    lm = load_model(model, progress=progress)
     toks = lm.tokenizer.encode(body)
     if len(toks) < 2:
         raise ConfigError(f"{text}: the text has fewer than 2 tokens; give a longer text")
@@ -37,7 +37,7 @@ def evaluate(model: str, text: str | Path, window: int = 256, max_windows: int |
         from tqdm import tqdm
 
         n = len(toks) if max_windows is None else min(len(toks), window * max_windows)
-        bar = tqdm(total=n, unit="tok", desc="eval", leave=False)
+        bar = tqdm(total=n, unit="tok", desc="eval", leave=False, disable=None)
     t0 = time.perf_counter()
     res = perplexity(runner.logits, toks, window=window, max_windows=max_windows,
                      progress=bar.update if bar else None)
@@ -56,12 +56,12 @@ def evaluate(model: str, text: str | Path, window: int = 256, max_windows: int |
     return out
 
 
-def generate(model: str, prompt: str, max_tokens: int = 64, chat: bool = True) -> dict:
+def generate(model: str, prompt: str, max_tokens: int = 64, chat: bool = True, progress: bool = False) -> dict:
     """Greedy generation with the reference torch model: ``{model, prompt, text, tokens, tok_s}``."""
     from edge.model.load import load_model
     from edge.runtime.eager import TorchRunner
 
-    lm = load_model(model)
+    lm = load_model(model, progress=progress)
     tok = lm.tokenizer
     text = tok.apply_chat_template([{"role": "user", "content": prompt}]) if chat else prompt
     ids = tok.encode(text)

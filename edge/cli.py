@@ -122,7 +122,7 @@ def generate_cmd(model, prompt, max_tokens, chat, as_json) -> None:
     """Greedy continuation of PROMPT with the reference torch model."""
     from edge.api import generate
 
-    res = generate(model, prompt, max_tokens=max_tokens, chat=chat)
+    res = generate(model, prompt, max_tokens=max_tokens, chat=chat, progress=not as_json)
     if as_json:
         return echo_json(res)
     click.echo(res["text"])

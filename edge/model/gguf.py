@@ -143,7 +143,7 @@ def _tensor_f32(t) -> np.ndarray:
     return dequantize(t.data, t.tensor_type).astype(np.float32, copy=False).reshape(shape)
 
 
-def load_gguf(path: str | Path, dtype=None):
+def load_gguf(path: str | Path, dtype=None, progress: bool = False):
     """Load a llama-architecture GGUF into ``Transformer``. Returns (model, spec, tokenizer)."""
     import torch
 
@@ -162,8 +162,12 @@ def load_gguf(path: str | Path, dtype=None):
     if spec.tie_embeddings:
         expected.pop("lm_head.weight", None)
 
+    from tqdm import tqdm
+
     state: dict[str, torch.Tensor] = {}
-    for name, t in tensors.items():
+    bar = tqdm(tensors.items(), desc=f"load {path.name}", unit="tensor", leave=False,
+               disable=None if progress else True)  # None: only on a terminal
+    for name, t in bar:
         if name == "rope_freqs.weight":  # Llama-3.1 frequency factors, applied below
             continue
         if name in GLOBAL_TENSORS:

@@ -123,7 +123,7 @@ def load_spec(name_or_path: str | Path) -> ModelSpec:
     return spec
 
 
-def load_model(name_or_path: str | Path, dtype=None) -> LoadedModel:
+def load_model(name_or_path: str | Path, dtype=None, progress: bool = False) -> LoadedModel:
     """Load weights into the reference model, with the tokenizer. Raises ModelLoadError on bad input."""
     src = resolve(name_or_path)
     if src.kind == "config":
@@ -134,7 +134,7 @@ def load_model(name_or_path: str | Path, dtype=None) -> LoadedModel:
     if src.kind in ("builtin", "gguf"):
         from edge.model.gguf import load_gguf
 
-        model, spec, tok = load_gguf(src.path, dtype=dtype)
+        model, spec, tok = load_gguf(src.path, dtype=dtype, progress=progress)
         if src.kind == "builtin":
             spec = spec.with_(name=src.name)
             model.spec = spec
@@ -145,5 +145,8 @@ def load_model(name_or_path: str | Path, dtype=None) -> LoadedModel:
     kwargs = {} if dtype is None else {"dtype": dtype}
     model, spec = load_hf_checkpoint(src.path, **kwargs)
     model.eval().requires_grad_(False)  # inference everywhere; torch.export's static cache needs it
+    if (src.path / "edge_spec.json").exists():  # an edge stage wrote it: the spec with pruning metadata
+        spec = load_spec(src.path)
+        model.spec = spec
     tok = Tokenizer.from_hf_dir(src.path)
     return LoadedModel(model, spec, tok, src)
