@@ -1,0 +1,102 @@
+"""GPTQ (Frantar et al., 2022): quantize a weight matrix column by column, pushing each column's
+rounding error onto the columns not yet quantized, weighted by the inverse Hessian H = X^T X of the
+layer's calibration inputs.
+
+The grid is the target format's own: scales per group of ``fmt.group`` columns (a GGUF block),
+chosen before the sweep ("static groups", so act-order can visit columns in any order) by an
+importance-weighted search (diag H as the importance, as llama.cpp's imatrix), then kept fixed.
+
+    H = hessian_accumulate(None, x)                   # x (tokens, in_features)
+    qt, w_hat = gptq_quantize(W, H, FORMATS["q4_0"], GPTQConfig())
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from edge.errors import EdgeError
+from edge.quant.configs import GPTQConfig
+from edge.quant.primitives import Format, QTensor, default_params, quantize_codes, search_params
+
+
+class NumericalError(EdgeError):
+    """NaN/Inf in weights or activations, or a Hessian that cannot be factorised."""
+
+
+def hessian_accumulate(h: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """H += X^T X for x (..., in_features), in float64 for a stable sum over many tokens."""
+    x = x.reshape(-1, x.shape[-1]).double()
+    xtx = x.T @ x
+    return xtx if h is None else h + xtx
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """The sweep is thousands of small ops: one thread is ~6x faster than two on a busy 2-core host."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def gptq_quantize(w: torch.Tensor, h: torch.Tensor, fmt: Format, cfg: GPTQConfig,
+                  name: str = "weight") -> tuple[QTensor, torch.Tensor]:
+    """w (rows, cols), h (cols, cols) -> (QTensor, dequantized w (rows, cols) float32)."""
+    with torch_threads(1):
+        return _gptq(w, h, fmt, cfg, name)
+
+
+def _gptq(w, h, fmt, cfg, name):
+    w = w.detach().float().clone()
+    rows, cols = w.shape
+    h = h.double().clone()
+    dead = torch.diag(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    importance = torch.diag(h).float()
+    d, z = search_params(w, fmt, importance) if cfg.scale_search else default_params(w, fmt)
+    g = fmt.group_size(cols)
+    group_of = torch.arange(cols) // g  # column -> group index
+
+    perm = torch.argsort(torch.diag(h), descending=True) if cfg.act_order else torch.arange(cols)
+    w = w[:, perm]
+    h = h[perm][:, perm]
+    group_of = group_of[perm]
+    h += cfg.damp * torch.mean(torch.diag(h)) * torch.eye(cols, dtype=h.dtype)
+    try:
+        hinv = torch.linalg.cholesky(h)
+        hinv = torch.cholesky_inverse(hinv)
+        hinv = torch.linalg.cholesky(hinv, upper=True).float()
+    except RuntimeError as e:  # torch.linalg.LinAlgError is a RuntimeError
+        raise NumericalError(f"GPTQ on '{name}': the Hessian of its inputs is not positive definite "
+                             f"({e}); raise gptq.damp or add calibration data") from e
+
+    q_out = torch.zeros(rows, cols, dtype=torch.int16)
+    w_hat = torch.zeros_like(w)
+    bs = cfg.block_size
+    for i1 in range(0, cols, bs):
+        i2 = min(i1 + bs, cols)
+        w1 = w[:, i1:i2].clone()
+        err1 = torch.zeros_like(w1)
+        hinv1 = hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = w1[:, i]
+            gi = group_of[i1 + i]
+            dg, zg = d[:, gi], z[:, gi]
+            q = quantize_codes(col[:, None], dg, zg, fmt)[:, 0]
+            deq = dg * (q - zg)
+            q_out[:, i1 + i] = q.to(torch.int16)
+            w_hat[:, i1 + i] = deq
+            e = (col - deq) / hinv1[i, i]
+            w1[:, i:] -= e[:, None] * hinv1[i, i:][None, :]
+            err1[:, i] = e
+        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
+
+    inv = torch.argsort(perm)
+    q_out, w_hat = q_out[:, inv], w_hat[:, inv]
+    qt = QTensor(fmt, q_out.numpy(), d.float().numpy(), z.to(torch.int16).numpy(), {"method": "gptq"})
+    return qt, w_hat
