@@ -136,6 +136,7 @@ class Efficiency:
     decode_compute: float  # fraction of peak[compute_dtype] in matrix-vector work
     prefill_compute: float  # fraction of peak[compute_dtype] in matrix-matrix work
     overhead_per_layer: float = 0.0  # seconds of fixed cost per layer per forward pass
+    prefill_overhead_per_layer: float = -1.0  # the same for prefill when it differs (eager vs graph); -1: same
     fallback_compute: float = 0.0  # fraction of the CPU's fp32 peak reached by parts left on the CPU
     bandwidth_of: str = "peak"  # 'peak' or 'measured': which memory bandwidth the fraction is of
     fitted_to: tuple[str, ...] = ()
@@ -434,7 +435,7 @@ def parse_profile(doc: Any, path: str = "<profile>") -> TargetProfile:
     for i, e in enumerate(doc["efficiency"]):
         key = f"efficiency[{i}]"
         e = r.mapping(e, key, ("runtime", "recipes", "compute_dtype", "decode_bandwidth", "decode_compute",
-                               "prefill_compute", "overhead_per_layer", "fallback_compute", "bandwidth_of", "fitted_to",
+                               "prefill_compute", "overhead_per_layer", "prefill_overhead_per_layer", "fallback_compute", "bandwidth_of", "fitted_to",
                                *_PROV),
                       ("runtime", "compute_dtype", "decode_bandwidth", "decode_compute", "prefill_compute"))
         if e["runtime"] not in runtimes:
@@ -460,6 +461,9 @@ def parse_profile(doc: Any, path: str = "<profile>") -> TargetProfile:
             prefill_compute=r.fraction(e["prefill_compute"], f"{key}.prefill_compute"),
             overhead_per_layer=parse_quantity(e["overhead_per_layer"], "time", f"{path}: {key}.overhead_per_layer")
             if "overhead_per_layer" in e else 0.0,
+            prefill_overhead_per_layer=parse_quantity(e["prefill_overhead_per_layer"], "time",
+                                                      f"{path}: {key}.prefill_overhead_per_layer")
+            if "prefill_overhead_per_layer" in e else -1.0,
             fallback_compute=r.fraction(e["fallback_compute"], f"{key}.fallback_compute")
             if "fallback_compute" in e else 0.0,
             bandwidth_of=bw_of,

@@ -169,7 +169,8 @@ class _Machine:
         t = {
             "compute": (c.flops - moved) / (self.peak * frac),
             "bandwidth": max(c.bytes - moved_bytes, 0.0) / (self.bandwidth * e.decode_bandwidth),
-            "overhead": self.spec.n_layers * e.overhead_per_layer,
+            "overhead": self.spec.n_layers * (e.prefill_overhead_per_layer if stage == "prefill"
+                                              and e.prefill_overhead_per_layer >= 0 else e.overhead_per_layer),
         }
         if self.cpu_ops:
             cpu_peak = self.cpu.peak.get("fp32") or max(self.cpu.peak.values())
@@ -220,7 +221,8 @@ def simulate(
     P, G, B, ctx = wl.prompt_len, wl.gen_len, wl.batch, wl.ctx
 
     # ---- prefill: the prompt in one pass, first token out at its end
-    pc = forward_cost(spec, recipe, P, P, B, start=0)
+    # a static KV cache attends over the whole allocated context (masked), also in prefill
+    pc = forward_cost(spec, recipe, P, ctx if rt.static_kv else P, B, start=0, attend_full_context=rt.static_kv)
     prefill = _stage(P, [(pc, m.times(pc, "prefill"))], m)
 
     # ---- decode: G - 1 more steps (the first token came from prefill), each at its own context
