@@ -176,13 +176,14 @@ def targets_show(name: str, as_json: bool) -> None:
 @click.option("--name", default="host", show_default=True, help="Profile name to write.")
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write here (default: print).")
 @click.option("--repeats", default=5, show_default=True, help="Best of this many runs per measurement.")
+@click.option("--rounds", default=1, show_default=True, help="Repeat the probe 20 s apart, keep the best (busy hosts).")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw measurements instead.")
 @friendly
-def targets_probe(name: str, out: str | None, repeats: int, as_json: bool) -> None:
+def targets_probe(name: str, out: str | None, repeats: int, rounds: int, as_json: bool) -> None:
     """Measure this machine (bandwidth, fp32/int8 matmul, cores, caches) and write a profile."""
     from edge.probe import probe, profile_yaml
 
-    m = probe(repeats=repeats)
+    m = probe(repeats=repeats, rounds=rounds)
     if as_json:
         return echo_json(m)
     text = profile_yaml(m, name=name)

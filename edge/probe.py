@@ -121,25 +121,42 @@ def measure_matmul_int8(n: int = 1024, repeats: int = 5, threads: int = 0) -> fl
     return 2 * n**3 / _best(lambda: sess.run(None, feeds), repeats)
 
 
-def probe(repeats: int = 5) -> dict:
-    """All measurements of this machine, as plain numbers (bytes, bytes/s, ops/s, Hz)."""
+def probe(repeats: int = 5, rounds: int = 1, pause_s: float = 20.0) -> dict:
+    """All measurements of this machine, as plain numbers (bytes, bytes/s, ops/s, Hz).
+
+    On a shared machine one round can land on a busy moment: ``rounds`` > 1 repeats the whole probe
+    ``pause_s`` apart and keeps the best of each figure (a ceiling, which is what the profile wants).
+    """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    bw1 = measure_bandwidth(1, repeats=repeats)
-    bwn = measure_bandwidth(cores, repeats=repeats) if cores > 1 else bw1
+    best: dict = {}
+    loads = []
+    for r in range(rounds):
+        if r:
+            time.sleep(pause_s)
+        loads.append(os.getloadavg()[0])
+        bw1 = measure_bandwidth(1, repeats=repeats)
+        bwn = measure_bandwidth(cores, repeats=repeats) if cores > 1 else bw1
+        got = {
+            "bandwidth_read": max(bw1["read"], bwn["read"]),
+            "bandwidth_copy": max(bw1["copy"], bwn["copy"]),
+            "fp32_ops": measure_matmul_fp32(repeats=repeats),
+            "int8_ops": measure_matmul_int8(repeats=repeats, threads=cores),
+        }
+        best = {k: max(v, best.get(k, 0.0)) for k, v in got.items()}
     mem = _meminfo()
     return {
         "date": _dt.date.today().isoformat(),
+        "repeats": repeats,
+        "rounds": rounds,
+        "load_avg": min(loads),
         "machine": platform.machine(),
         "cores": cores,
         "cpu": _cpu_info(),
         "mem_total": mem.get("MemTotal", 0),
         "mem_available": mem.get("MemAvailable", 0),
-        "bandwidth_read": max(bw1["read"], bwn["read"]),
-        "bandwidth_copy": max(bw1["copy"], bwn["copy"]),
+        **best,
         # the streaming figure the simulator uses: the better of the two kernels (copy counts read + write)
-        "bandwidth": max(bw1["read"], bwn["read"], bw1["copy"], bwn["copy"]),
-        "fp32_ops": measure_matmul_fp32(repeats=repeats),
-        "int8_ops": measure_matmul_int8(repeats=repeats, threads=cores),
+        "bandwidth": max(best["bandwidth_read"], best["bandwidth_copy"]),
     }
 
 
@@ -175,7 +192,8 @@ name: {name}
 description: "{cpu['model']}, {m['cores']} cores ({m['machine']}; SIMD {' '.join(cpu['simd']) or 'unknown'})"
 class: host
 sources:
-  probe: "edge targets probe, {m['date']}: numpy copies and BLAS dot reads of 1 GiB arrays on all cores (best of 5),
+  probe: "edge targets probe, {m['date']}: numpy copies and BLAS dot reads of 1 GiB arrays on all cores (best of {m.get('repeats', 5)} x {m.get('rounds', 1)} rounds;
+    lowest 1-minute load average {m.get('load_avg', 0):.1f} while probing),
     numpy fp32 1024^3 matmul, onnxruntime MatMulInteger 1024^3, /proc/cpuinfo, /proc/meminfo, /sys caches"
 memory:
   total: {_g(m['mem_total'], 'GiB', 2**30)}
