@@ -128,6 +128,57 @@ def generate_cmd(model, prompt, max_tokens, chat, as_json) -> None:
     click.echo(res["text"])
 
 
+# ---- prune --------------------------------------------------------------------------------------
+@main.command("prune")
+@click.option("--model", "model", default="smollm2-135m", show_default=True, help="Built-in name or path.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
+@click.option("--recipe", default=None, help="Preset (mlp-10, mlp-20, width-20, depth-20, 2:4) or YAML with a prune: section.")
+@click.option("--ratio", type=float, default=None, help="Fraction of parameters to remove, in (0, 1).")
+@click.option("--params", type=int, default=None, help="Or: parameter count to keep.")
+@click.option("--kind", default="auto", show_default=True, help="What a ratio removes: auto, mlp, attn, mlp+attn, depth, experts.")
+@click.option("--ffn-dim", type=int, default=0, help="MLP channels to keep per layer.")
+@click.option("--n-heads", type=int, default=0, help="Query heads to keep per layer.")
+@click.option("--n-kv-heads", type=int, default=0, help="KV heads (groups) to keep per layer.")
+@click.option("--n-layers", type=int, default=0, help="Layers to keep.")
+@click.option("--experts", type=int, default=0, help="Experts to keep per MoE layer.")
+@click.option("--top-k", type=int, default=0, help="Lower the experts used per token.")
+@click.option("--expert-score", default="contribution", show_default=True, help="contribution or frequency.")
+@click.option("--sparsity", default="", help="2:4 semi-structured sparsity.")
+@click.option("--importance", default="activation", show_default=True, help="activation or magnitude.")
+@click.option("--recovery", default="lstsq", show_default=True, help="lstsq or none.")
+@click.option("--calib", default="general:1", show_default=True, help="Calibration text mix (edge.calib).")
+@click.option("--calib-samples", default=32, show_default=True)
+@click.option("--seq-len", default=256, show_default=True)
+@click.option("--force", is_flag=True, help="Replace --out if it exists.")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def prune_cmd(model, out, recipe, ratio, params, kind, ffn_dim, n_heads, n_kv_heads, n_layers, experts, top_k,
+              expert_score, sparsity, importance, recovery, calib, calib_samples, seq_len, force, as_json) -> None:
+    """Prune MODEL (heads, MLP channels, layers, experts, 2:4) and write a model directory to --out."""
+    from edge.errors import ConfigError
+    from edge.prune import PruneConfig, load_prune_recipe, prune_to_dir
+
+    shape_opts = dict(ratio=ratio, params=params, ffn_dim=ffn_dim, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                      n_layers=n_layers, n_experts=experts, n_experts_per_tok=top_k, sparsity=sparsity)
+    calib_opts = dict(calib=calib, calib_samples=calib_samples, seq_len=seq_len)
+    if recipe:
+        given = [k for k, v in shape_opts.items() if v]
+        if given:
+            raise ConfigError(f"--recipe and --{given[0].replace('_', '-')} conflict; give one")
+        cfg, from_recipe = load_prune_recipe(recipe)
+        calib_opts.update(from_recipe)
+    else:
+        cfg = PruneConfig(kind=kind, expert_score=expert_score, importance=importance, recovery=recovery,
+                          **shape_opts)
+    res = prune_to_dir(model, cfg, out, force=force, **calib_opts)
+    if as_json:
+        return echo_json(res)
+    b, a = res["params_before"], res["params_after"]
+    click.echo(f"{out}: {res['kind']} pruning, {b:,} -> {a:,} params ({1 - a / b:.1%} removed)")
+    for k, v in res["kinds_tried"].items():
+        if "calib_kl" in v:
+            click.echo(f"  tried {k}: calibration KL {v['calib_kl']:.4f}")
+
 
 # ---- targets and simulation -------------------------------------------------------------------
 @main.group()

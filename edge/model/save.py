@@ -48,7 +48,9 @@ EDGE_SPEC_FILE = "edge_spec.json"
 def hf_config(spec: ModelSpec, bos_id: int | None = None, eos_id: int | None = None) -> dict:
     """The ``config.json`` dict that ``ModelSpec.from_hf_config`` (and transformers) read back as ``spec``."""
     if spec.arch not in HF_ARCH_NAMES:
-        raise ConfigError(f"cannot save arch {spec.arch!r} as a checkpoint; supported: {', '.join(HF_ARCH_NAMES)}")
+        raise ConfigError(
+            f"cannot save arch {spec.arch!r} as a checkpoint; supported: {', '.join(HF_ARCH_NAMES)}"
+        )
     hf_arch, model_type = HF_ARCH_NAMES[spec.arch]
     cfg: dict = {
         "architectures": [hf_arch],
@@ -97,7 +99,9 @@ def hf_config(spec: ModelSpec, bos_id: int | None = None, eos_id: int | None = N
             qkv_bias=spec.qkv_bias, use_sliding_window=False,
         )  # fmt: skip
         if spec.shared_expert_ffn_dim and not spec.shared_expert_gate:
-            raise ConfigError("qwen2_moe checkpoints always gate their shared expert; spec has shared_expert_gate=False")
+            raise ConfigError(
+                "qwen2_moe checkpoints always gate their shared expert; spec has shared_expert_gate=False"
+            )
     return cfg
 
 
@@ -126,8 +130,16 @@ def save_tokenizer(tokenizer, path: Path) -> None:
     (path / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
 
 
-def save_model(model, spec: ModelSpec, tokenizer, out: str | Path, overwrite: bool = False) -> Path:
-    """Write ``model`` (our Transformer with shapes ``spec``) as a checkpoint directory at ``out``."""
+def save_model(
+    model,
+    spec: ModelSpec,
+    tokenizer,
+    out: str | Path,
+    overwrite: bool = False,
+    extra_files: dict[str, str] | None = None,
+) -> Path:
+    """Write ``model`` (our Transformer with shapes ``spec``) as a checkpoint directory at ``out``,
+    with ``extra_files`` (name -> text, e.g. a stage's report) inside it."""
     from safetensors.torch import save_file
 
     out = Path(out)
@@ -147,6 +159,8 @@ def save_model(model, spec: ModelSpec, tokenizer, out: str | Path, overwrite: bo
         (tmp / EDGE_SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2))
         if tokenizer is not None:
             save_tokenizer(tokenizer, tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         if out.exists():  # overwrite: move the old one aside first so a failure keeps one of the two
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
