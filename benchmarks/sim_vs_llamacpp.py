@@ -61,15 +61,26 @@ def make_ggufs(cache: Path) -> dict[str, Path]:
     return out
 
 
-def measure_all(files: dict[str, Path], reps: int) -> dict:
+def wait_for_quiet(max_load: float, deadline: float) -> float:
+    """Sleep until the 1-minute load average is below ``max_load`` (other jobs share these 2 cores:
+    under 4x oversubscription llama.cpp's spinning threads run 10-50x slower) or the deadline passes."""
+    while os.getloadavg()[0] >= max_load and time.time() < deadline:
+        time.sleep(10)
+    return os.getloadavg()[0]
+
+
+def measure_all(files: dict[str, Path], reps: int, workloads: list[tuple[int, int]],
+                max_load: float = 99.0, deadline: float = 0.0) -> dict:
     """Median prefill and decode tok/s per (format, workload), the cases interleaved within each
     repetition so that other load on the machine falls on all of them alike; one warm-up round."""
     import llama_cpp
 
     llms = {fmt: llama_cpp.Llama(model_path=str(p), n_threads=THREADS, n_threads_batch=THREADS, n_ctx=1024,
                                  n_batch=512, n_ubatch=512, verbose=False) for fmt, p in files.items()}
-    runs: dict = {(fmt, P, G): ([], []) for fmt in files for P, G in WORKLOADS}
+    runs: dict = {(fmt, P, G): ([], []) for fmt in files for P, G in workloads}
+    loads = []
     for rep in range(reps + 1):
+        loads.append(wait_for_quiet(max_load, deadline))
         for (fmt, P, G), (pre, dec) in runs.items():
             llm = llms[fmt]
             prompt = [(i * 7919) % 40000 + 100 for i in range(P)]  # fixed ids, no tokenizer needed
@@ -83,7 +94,10 @@ def measure_all(files: dict[str, Path], reps: int) -> dict:
             if rep:  # round 0 warms caches and thread pools
                 pre.append(P / (t1 - t0))
                 dec.append((G - 1) / (t2 - t1))
+            print(f"  {fmt} {P}/{G}: prefill {P / (t1 - t0):.0f} tok/s, decode {(G - 1) / (t2 - t1):.1f} tok/s"
+                  f"{'' if rep else ' (warm-up)'}", flush=True)
         print(f"round {rep}/{reps} done, load {os.getloadavg()[0]:.1f}", flush=True)
+    measure_all.loads = loads
     return {k: {"prefill_tok_s": statistics.median(pre), "decode_tok_s": statistics.median(dec),
                 "prefill_best": max(pre), "decode_best": max(dec), "prefill_runs": pre, "decode_runs": dec,
                 "file_bytes": files[k[0]].stat().st_size} for k, (pre, dec) in runs.items()}
@@ -173,6 +187,8 @@ def main() -> None:
     ap.add_argument("--target", default="host-x86-2core")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/edge/bench"))
+    ap.add_argument("--max-load", type=float, default=2.0, help="wait for a 1-minute load average below this")
+    ap.add_argument("--max-wait", type=float, default=3600, help="seconds to wait for quiet in all, then measure anyway")
     ap.add_argument("--fit", action="store_true", help="fit efficiency rows to this run instead of comparing")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/sim_vs_llamacpp.json"))
     ap.add_argument("--apply", nargs=2, metavar=("FIT_JSON", "PROBE_JSON"),
@@ -182,7 +198,8 @@ def main() -> None:
         return apply(*args.apply, str(ROOT / "targets" / f"{args.target}.yaml"))
 
     files = make_ggufs(Path(args.cache))
-    measured = measure_all(files, args.reps)
+    measured = measure_all(files, args.reps, WORKLOADS[:1] if args.fit else WORKLOADS, args.max_load,
+                           time.time() + args.max_wait)
     rows = []
     for (fmt, P, G), m in measured.items():
         row = {"format": fmt, "prompt_len": P, "gen_len": G, "measured": m}
@@ -192,7 +209,8 @@ def main() -> None:
         rows.append(row)
     meta = {"host": platform.node(), "cpu": platform.processor() or platform.machine(), "threads": THREADS,
             "reps": args.reps, "statistic": "median", "date": time.strftime("%Y-%m-%d %H:%M"),
-            "load_avg_at_end": os.getloadavg(), "target": args.target}
+            "load_avg_at_round_start": measure_all.loads, "load_avg_at_end": os.getloadavg(),
+            "target": args.target}
     if args.fit:
         out = {"meta": meta, "measured": rows, "fit": fit(rows, args.target)}
         print(json.dumps(out["fit"], indent=1))

@@ -117,3 +117,18 @@ def test_malformed_yaml_file(tmp_path: Path):
     p.write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_target(p)
+
+
+def test_probe_writes_a_valid_profile():
+    """`edge targets probe` output (from fake measurements, no timing here) loads as a profile."""
+    from edge.probe import profile_yaml
+
+    m = {"date": "2026-01-01", "repeats": 5, "rounds": 1, "load_avg": 0.5, "machine": "x86_64", "cores": 2,
+         "cpu": {"model": "Test CPU", "mhz": 2100.0, "caches": {"l1d": 49152, "l2": 2**21}, "simd": ["avx2"]},
+         "mem_total": 8 * 2**30, "mem_available": 6 * 2**30, "bandwidth_read": 1.2e10, "bandwidth_copy": 2e10,
+         "bandwidth": 2e10, "fp32_ops": 7e10, "int8_ops": 0.0}
+    t = parse_profile(yaml.safe_load(profile_yaml(m, name="probed")), "probed.yaml")
+    assert t.memory.measured_bandwidth == pytest.approx(2e10)
+    assert t.units["cpu"].peak["int8"] == pytest.approx(1.4e11)  # no onnxruntime: 2x fp32, an estimate
+    assert t.provenance["units.cpu.peak.int8"].startswith("estimate")
+    assert t.runtime_for("q4_0").name == "llama.cpp"
