@@ -1,0 +1,91 @@
+"""The ONNX exporter against torch: fp32/fp16 prefill + decode, opset 11 fixed shapes split into
+parts, QDQ W8A8 on the weight MatMuls only, and the graph-size error."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.tinymodels import TOKENS, tiny_model
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_model()
+
+
+def run(model, out, cfg, **kw):
+    from edge.export.onnx import export_onnx, rope_tables
+    from edge.runtime.onnxruntime import OnnxRunner
+
+    res = export_onnx(model, out, cfg, **kw)
+    cos, sin = rope_tables(model, cfg.max_seq)
+    return res, OnnxRunner(out, res.layout, cos, sin)
+
+
+def decode_logits(r, n_prompt=5):
+    first = r.prefill(TOKENS[:n_prompt])
+    return np.concatenate([first] + [r.step(t, n_prompt + i)[None] for i, t in enumerate(TOKENS[n_prompt:])])
+
+
+@pytest.mark.parametrize("dtype,atol", [("fp32", 1e-4), ("fp16", 2e-2)])
+def test_prefill_and_decode_match_torch(tiny, tmp_path, dtype, atol):
+    from edge.export.onnx import OnnxConfig
+    from edge.runtime.eager import TorchRunner
+
+    res, r = run(tiny, tmp_path, OnnxConfig(dtype=dtype, max_seq=32))
+    assert res.files == ["model.onnx"]
+    ref = TorchRunner(tiny).logits(TOKENS)
+    np.testing.assert_allclose(decode_logits(r), ref, atol=atol)
+    assert r.generate(TOKENS[:4], 6) == TorchRunner(tiny).generate(TOKENS[:4], 6)
+
+
+def test_opset11_fixed_shapes_split_by_size(tiny, tmp_path):
+    import onnx
+
+    from edge.export.onnx import OnnxConfig
+    from edge.runtime.eager import TorchRunner
+
+    # ~215 KB for the embedding + one layer: a 300 KB limit forces one part per layer
+    res, r = run(tiny, tmp_path, OnnxConfig(max_seq=32, format="onnx-opset11", max_graph_bytes=300_000))
+    assert res.files == ["model.part0.onnx", "model.part1.onnx"] and "split into 2 parts" in res.parts_reason
+    for f in res.files:
+        mp = onnx.load(str(tmp_path / f))
+        assert mp.ir_version <= 7 and max(o.version for o in mp.opset_import if o.domain == "") <= 11
+        assert all(d.dim_value for i in mp.graph.input for d in i.type.tensor_type.shape.dim)  # static
+    np.testing.assert_allclose(decode_logits(r, 7), TorchRunner(tiny).logits(TOKENS), atol=1e-4)
+
+
+def test_graph_over_the_size_limit_names_the_layer(tiny, tmp_path):
+    from edge.errors import EdgeError
+    from edge.export.onnx import OnnxConfig, export_onnx
+
+    with pytest.raises(EdgeError, match=r"layer 0 alone needs [\d,]+ bytes, over the graph limit of 1,000"):
+        export_onnx(tiny, tmp_path, OnnxConfig(max_seq=32, max_graph_bytes=1000))
+    assert not list(tmp_path.iterdir())
+
+
+def test_qdq_w8a8_quantizes_only_weight_matmuls(tiny, tmp_path):
+    import onnx
+
+    from edge.export.onnx import OnnxConfig
+    from edge.runtime.eager import TorchRunner
+
+    calib = np.random.default_rng(0).integers(0, 256, (8, 16))
+    res, r = run(tiny, tmp_path, OnnxConfig(dtype="qdq-w8a8", max_seq=32), calib_tokens=calib)
+    assert res.quantized_matmuls == 14  # 7 linears x 2 layers; the tied lm_head reads a Transpose, stays float
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "model.onnx")).graph.node]
+    assert ops.count("DequantizeLinear") >= 2 * 14 and "Softmax" in ops
+    got, ref = r.logits(TOKENS), TorchRunner(tiny).logits(TOKENS)
+    assert np.abs(got - ref).max() < 0.6 and (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.75
+
+
+def test_qdq_needs_calibration(tiny, tmp_path):
+    from edge.errors import ConfigError
+    from edge.export.onnx import OnnxConfig, export_onnx
+
+    with pytest.raises(ConfigError, match="calibration tokens"):
+        export_onnx(tiny, tmp_path, OnnxConfig(dtype="qdq-w8a8", max_seq=32))
