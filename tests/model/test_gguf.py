@@ -3,6 +3,8 @@ llama.cpp's on the same file. The reference is llama.cpp, which nobody here wrot
 
 from __future__ import annotations
 
+import functools
+
 import gguf
 import numpy as np
 import pytest
@@ -20,10 +22,14 @@ def permute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+@functools.lru_cache(maxsize=1)
+def builtin_metadata() -> dict:
+    return read_metadata(gguf.GGUFReader(str(builtin_path("smollm2-135m"))))
+
+
 def write_tiny_gguf(path, n_experts: int = 0, top_k: int = 0, seed: int = 0):
     rng = np.random.default_rng(seed)
-    src = gguf.GGUFReader(str(builtin_path("smollm2-135m")))
-    meta = read_metadata(src)
+    meta = builtin_metadata()
     vocab = len(meta["tokenizer.ggml.tokens"])
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(LAYERS)
