@@ -18,7 +18,7 @@ import torch
 
 from edge.errors import EdgeError
 from edge.quant.configs import GPTQConfig
-from edge.quant.primitives import Format, QTensor, default_params, quantize_codes, search_params
+from edge.quant.primitives import Format, QTensor, default_params, search_params
 
 
 class NumericalError(EdgeError):
@@ -26,9 +26,9 @@ class NumericalError(EdgeError):
 
 
 def hessian_accumulate(h: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """H += X^T X for x (..., in_features), in float64 for a stable sum over many tokens."""
-    x = x.reshape(-1, x.shape[-1]).double()
-    xtx = x.T @ x
+    """H += X^T X for x (..., in_features): float32 products per chunk, summed in float64."""
+    x = x.reshape(-1, x.shape[-1]).float()
+    xtx = (x.T @ x).double()
     return xtx if h is None else h + xtx
 
 
@@ -75,6 +75,7 @@ def _gptq(w, h, fmt, cfg, name):
         raise NumericalError(f"GPTQ on '{name}': the Hessian of its inputs is not positive definite "
                              f"({e}); raise gptq.damp or add calibration data") from e
 
+    inv_d = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)  # (rows, groups)
     q_out = torch.zeros(rows, cols, dtype=torch.int16)
     w_hat = torch.zeros_like(w)
     bs = cfg.block_size
@@ -87,7 +88,7 @@ def _gptq(w, h, fmt, cfg, name):
             col = w1[:, i]
             gi = group_of[i1 + i]
             dg, zg = d[:, gi], z[:, gi]
-            q = quantize_codes(col[:, None], dg, zg, fmt)[:, 0]
+            q = torch.round(col * inv_d[:, gi]).add_(zg).clamp_(fmt.qmin, fmt.qmax)
             deq = dg * (q - zg)
             q_out[:, i1 + i] = q.to(torch.int16)
             w_hat[:, i1 + i] = deq

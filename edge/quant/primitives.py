@@ -198,44 +198,41 @@ def search_params(w: torch.Tensor, fmt: Format, importance: torch.Tensor | None 
     """Per-group scale that minimises the importance-weighted squared error.
 
     As llama.cpp's ``make_qx_quants`` with an importance matrix: try ``2*steps+1`` candidate
-    scales around the convention's, refit each by least squares on its codes, keep the best.
-    ``importance`` (cols,) is typically diag(X^T X) of the calibration inputs.
+    scales around the convention's; for each, round, refit the scale by weighted least squares
+    on those codes and score it in closed form (sum w x^2 - (sum w x q)^2 / sum w q^2); keep the
+    best, round it to the stored precision. ``importance`` (cols,) is typically diag(X^T X).
     w (rows, cols) -> d, z (rows, groups).
     """
     if fmt.convention == "minmax" or fmt.is_float:
         return default_params(w, fmt)
     w = w.float()
     wg = _groups(w, fmt)  # (rows, G, g)
-    imp = torch.ones_like(wg) if importance is None else _groups(
-        importance.float().expand_as(w).contiguous(), fmt)
+    if importance is None:
+        imp = torch.ones(wg.shape[-1]).expand_as(wg)
+    else:
+        imp = _groups(importance.float().clamp(min=0).expand_as(w), fmt)
     d0, z0 = default_params(w, fmt)
-    best_d, best_z = d0, z0
-    best_err = _group_err(wg, imp, d0, z0, fmt)
     if fmt.convention == "ggml_max":
         imax = wg.abs().argmax(-1, keepdim=True)
-        ref = torch.gather(wg, -1, imax)[..., 0]  # signed max
+        ref = torch.gather(wg, -1, imax)[..., 0] / -1.0  # signed max, negated: d = ref / nmax
         nmax = float(fmt.zero)
     else:
         ref = wg.abs().amax(-1)
         nmax = float(fmt.qmax) if fmt.convention == "absmax" else (fmt.qmax - fmt.qmin) / 2
+    zc = z0[..., None]
+    wx = imp * wg
+    best_d, best_score = d0, torch.full_like(d0, -1.0)
     for k in range(-steps, steps + 1):
-        scale_div = nmax + 0.1 * k
-        d = ref / (-scale_div if fmt.convention == "ggml_max" else scale_div)
-        q = quantize_codes(wg, d, z0, fmt) - z0[..., None]
-        num = (imp * wg * q).sum(-1)
-        den = (imp * q * q).sum(-1)
-        d = torch.where(den > 0, num / den.clamp(min=1e-30), d)
-        d = _round_scale(d, fmt)
-        err = _group_err(wg, imp, d, z0, fmt)
-        better = err < best_err
-        best_d = torch.where(better, d, best_d)
-        best_err = torch.where(better, err, best_err)
-    return best_d, best_z
-
-
-def _group_err(wg, imp, d, z, fmt) -> torch.Tensor:
-    q = quantize_codes(wg, d, z, fmt)
-    return (imp * (wg - d[..., None] * (q - z[..., None])) ** 2).sum(-1)
+        inv = torch.where(ref == 0, torch.zeros_like(ref), (nmax + 0.1 * k) / ref)
+        q = (torch.round(wg * inv[..., None]) + zc).clamp_(fmt.qmin, fmt.qmax) - zc
+        sxq = (wx * q).sum(-1)
+        sqq = (imp * q * q).sum(-1)
+        score = torch.where(sqq > 0, sxq * sxq / sqq.clamp(min=1e-30), torch.zeros_like(sqq))
+        better = score > best_score
+        best_d = torch.where(better, sxq / sqq.clamp(min=1e-30), best_d)
+        best_score = torch.where(better, score, best_score)
+    best_d = torch.where(best_score > 0, best_d, d0)
+    return _round_scale(best_d, fmt), z0
 
 
 def quantize_with_params(w: torch.Tensor, d: torch.Tensor, z: torch.Tensor, fmt: Format) -> QTensor:

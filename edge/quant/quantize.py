@@ -165,14 +165,19 @@ class _Stage:
             self.out.info.setdefault("float_tensors", {})[name] = fmt.name
             return
         w = m.weight.detach().float()
-        if self.use_gptq and h is not None:
+        exact = rtn(w, fmt)
+        if np.array_equal(exact.dequantize(), w.numpy()):
+            h = None  # already on this grid (e.g. a Q8_0 source tensor kept at q8_0): nothing to calibrate
+        if h is None:
+            qt = exact
+        elif self.use_gptq:
             qt, _ = gptq_quantize(w, h, fmt, self.recipe.gptq, name=name)
         elif self.search and h is not None:
             with torch_threads(1):
                 d, z = search_params(w, fmt, torch.diag(h).float())
             qt = quantize_with_params(w, d, z, fmt)
         else:
-            qt = rtn(w, fmt)
+            qt = exact
         qt.meta["method"] = self.recipe.method if h is not None else "rtn"
         m.weight.copy_(torch.from_numpy(qt.dequantize()).to(m.weight.dtype))
         self.out.tensors[name] = qt
@@ -353,7 +358,9 @@ def _quantize_layer(layer, i, x, cos, sin, mask, stage: _Stage, recipe, out, chu
     # q, k, v
     a_st = _Stats(want_h)
     for sl in _chunks(n, chunk):
-        a_st.add(layer.input_layernorm(x[sl]))
+        a = layer.input_layernorm(x[sl])
+        _check_finite(a, f"the attention input of layer {i}")
+        a_st.add(a)
     for cls, m in (("q_proj", attn.q_proj), ("k_proj", attn.k_proj), ("v_proj", attn.v_proj)):
         stage.linear(f"{p}self_attn.{cls}.weight", m, a_st.h)
         if act != "none":
@@ -369,6 +376,7 @@ def _quantize_layer(layer, i, x, cos, sin, mask, stage: _Stage, recipe, out, chu
     del y
     # mlp
     b = torch.cat([layer.post_attention_layernorm(h[sl]) for sl in _chunks(n, chunk)])
+    _check_finite(b, f"the MLP input of layer {i}")
     if _is_dense(layer):
         b_st = hess(b[sl] for sl in _chunks(n, chunk))
         for cls, m in (("gate_proj", mlp.gate_proj), ("up_proj", mlp.up_proj)):

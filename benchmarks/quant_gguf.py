@@ -1,0 +1,277 @@
+"""Calibrated quantization vs llama.cpp's own quantizer, scored by llama.cpp (issue 4).
+
+One run, one table. Reference: an F32 GGUF of the built-in model's weights. Every file is
+scored by llama-cpp-python (f32 KV cache, 2 threads) on held-out text that is never calibrated
+on: perplexity, mean KL divergence to the reference, top-1 agreement. Each of our quantizations
+runs in its own process, so its time and peak RSS are its own.
+
+    .venv/bin/python benchmarks/quant_gguf.py                 # ~20-40 min on a busy 2-core host
+    .venv/bin/python benchmarks/quant_gguf.py --quick         # fewer calibration samples
+
+Writes benchmarks/results/quant_gguf.json and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MODEL = "smollm2-135m"
+CALIB = "assistant:3,general:7"
+
+# variant -> (recipe preset, method); "mixed" is built from the sensitivity analysis
+OURS = {
+    "ours RTN Q4_0": ("q4_0", "rtn"),
+    "ours GPTQ Q4_0": ("q4_0", "gptq"),
+    "ours AWQ Q4_0": ("q4_0", "awq"),
+    "ours AWQ+GPTQ Q4_0": ("q4_0", "awq+gptq"),
+    "ours GPTQ Q8_0": ("q8_0", "gptq"),
+    "ours mixed (Q4_0 size)": ("mixed", "gptq"),
+    "ours GPTQ Q4_0, half the layers": ("q4_0", "gptq"),
+}
+LLAMACPP = {"llama.cpp Q8_0": "Q8_0", "llama.cpp Q4_0": "Q4_0", "llama.cpp Q4_K_M": "Q4_K_M"}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(args) -> None:
+    """Quantize one variant and write its GGUF; print a JSON line with time and peak RSS."""
+    import torch
+
+    from edge.calib import CalibConfig, dataset_hash, token_batches
+    from edge.export.gguf import export_gguf
+    from edge.model.load import builtin_path, load_model
+    from edge.quant.configs import load_recipe, recipe_from_dict
+    from edge.quant.quantize import quantize
+
+    torch.set_num_threads(2)
+    lm = load_model(args.f32)
+    rss_loaded = peak_rss_mb()
+    preset, method = OURS[args.worker]
+    if args.worker.endswith("half the layers"):
+        spec = lm.spec.with_(n_layers=lm.spec.n_layers // 2)
+        lm.model.layers = lm.model.layers[: spec.n_layers]
+        lm.model.spec = spec
+    ccfg = CalibConfig.from_spec(CALIB, n_samples=args.n_samples, seq_len=args.seq_len, seed=0)
+    calib = token_batches(lm.tokenizer, ccfg)
+    info: dict = {}
+    if preset == "mixed":
+        recipe = recipe_from_dict(json.loads(Path(args.mixed_recipe).read_text())["recipe"], "mixed")
+    else:
+        recipe = load_recipe(preset, method=method)
+    t0 = time.perf_counter()
+    q = quantize(lm.model, recipe, calib)
+    info["quant_s"] = time.perf_counter() - t0
+    info["peak_rss_mb"] = peak_rss_mb()
+    info["rss_after_load_mb"] = rss_loaded
+    info["n_layers"] = lm.spec.n_layers
+    info["rescale"] = q.info.get("rescale", [])[:3]
+    if not args.worker.endswith("half the layers"):
+        export_gguf(lm.model, q, args.out, tokenizer_gguf=builtin_path(MODEL),
+                    provenance={"calibration": dataset_hash(ccfg), "calib_spec": ccfg.to_spec(),
+                                "source": MODEL, "benchmark": "benchmarks/quant_gguf.py"})
+    print("RESULT " + json.dumps(info), flush=True)
+
+
+def run_worker(name: str, out: Path, args, extra=()) -> dict:
+    cmd = [sys.executable, __file__, "--worker", name, "--out", str(out), "--f32", str(args.f32),
+           "--n-samples", str(args.n_samples), "--seq-len", str(args.seq_len), *extra]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"{name} failed:\n{res.stderr[-3000:]}")
+    line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    info = json.loads(line[7:])
+    info["process_s"] = time.perf_counter() - t0
+    return info
+
+
+def tensor_bytes(path: Path) -> tuple[int, int]:
+    import gguf
+
+    r = gguf.GGUFReader(str(path))
+    return sum(int(t.n_bytes) for t in r.tensors), sum(int(t.n_elements) for t in r.tensors)
+
+
+def sensitivity_recipe(args, budget_file_bytes: int, overhead_bytes: int, work: Path) -> dict:
+    """Sensitivity of each layer and the output head, then the mixed recipe that fits the budget."""
+    import torch
+
+    from edge.calib import CalibConfig, token_batches
+    from edge.model.load import load_model
+    from edge.quant.configs import load_recipe
+    from edge.quant.sensitivity import assign_mixed, sensitivity
+
+    torch.set_num_threads(2)
+    lm = load_model(args.f32)
+    toks = token_batches(lm.tokenizer, CalibConfig.from_spec(CALIB, n_samples=4, seq_len=256, seed=1))
+    t0 = time.perf_counter()
+    sens = sensitivity(lm.model, toks, formats=("q4_0", "q5_0", "q8_0"))
+    norms = sum(p.numel() * 4 for n, p in lm.model.named_parameters() if n.endswith("norm.weight"))
+    recipe, est = assign_mixed(sens, load_recipe("q4_0"), budget_bytes=budget_file_bytes - overhead_bytes,
+                               fixed_bytes=norms, name="mixed_q4_0_size")
+    return {"recipe": recipe.to_dict(), "estimate": est, "sensitivity": sens.to_dict(),
+            "seconds": time.perf_counter() - t0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worker")
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--f32", type=Path, default=None)
+    ap.add_argument("--mixed-recipe", default=None)
+    ap.add_argument("--n-samples", type=int, default=32)
+    ap.add_argument("--seq-len", type=int, default=512)
+    ap.add_argument("--tokens", type=int, default=1024)
+    ap.add_argument("--window", type=int, default=512)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/edge_quant_bench"))
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/quant_gguf.json")
+    args = ap.parse_args()
+    if args.worker:
+        if args.worker == "mixed":
+            pass
+        return worker(args)
+    if args.quick:
+        args.n_samples = 8
+
+    from edge.calib import load_text
+    from edge.eval import compare
+    from edge.model.load import builtin_path, load_model
+    from edge.runtime.llamacpp import LlamaCppRunner, convert_gguf
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    args.f32 = convert_gguf(builtin_path(MODEL), work / "f32.gguf", "F32")
+    lm = load_model(args.f32)
+    toks = lm.tokenizer.encode(load_text("heldout").text)[: args.tokens]
+    del lm
+    ref = LlamaCppRunner(args.f32, n_ctx=args.window, n_threads=2, kv_type="f32")
+    cache: dict = {}
+
+    def ref_logits(t):
+        key = tuple(t)
+        if key not in cache:
+            cache[key] = ref.logits(t)
+        return cache[key]
+
+    rows: list[dict] = []
+
+    def score(name: str, tool: str, path: Path, quant_s: float, extra: dict | None = None) -> None:
+        run = LlamaCppRunner(path, n_ctx=args.window, n_threads=2, kv_type="f32")
+        c = compare(ref_logits, run.logits, toks, window=args.window)
+        tb, n = tensor_bytes(path)
+        row = {"variant": name, "tool": tool, "file": path.name, "size_mb": path.stat().st_size / 1e6,
+               "bpw": 8 * tb / n, "ppl": c.ppl, "ref_ppl": c.ref_ppl, "ppl_change": c.ppl_change,
+               "kld": c.kld_mean, "kld_p99": c.kld_p99, "top1": c.top1_agreement, "quant_s": quant_s,
+               **(extra or {})}
+        rows.append(row)
+        print(f"{name:<34} {row['size_mb']:7.2f} MB {row['bpw']:5.2f} bpw  ppl {c.ppl:7.3f} ({c.ppl_change:+.1%})  "
+              f"KLD {c.kld_mean:.4f}  top1 {c.top1_agreement:.3f}  {quant_s:6.1f} s", flush=True)
+
+    score("F32 reference", "llama.cpp", args.f32, 0.0)
+    for name, ftype in LLAMACPP.items():
+        p = work / f"llamacpp_{ftype}.gguf"
+        t0 = time.perf_counter()
+        convert_gguf(args.f32, p, ftype)
+        score(name, "llama.cpp", p, time.perf_counter() - t0)
+
+    for name, (preset, method) in OURS.items():
+        if preset == "mixed" or name.endswith("half the layers"):
+            continue
+        p = work / f"ours_{preset}_{method.replace('+', '_')}.gguf"
+        info = run_worker(name, p, args)
+        score(name, "edge", p, info["quant_s"], info)
+
+    # mixed precision at llama.cpp Q4_0's file size: budget = its size minus our file's non-weight bytes
+    ll_q4 = (work / "llamacpp_Q4_0.gguf").stat().st_size
+    ours_rtn = work / "ours_q4_0_rtn.gguf"
+    tb, _ = tensor_bytes(ours_rtn)
+    overhead = ours_rtn.stat().st_size - tb + 4096  # metadata; slack for the longer recipe string
+    mixed = sensitivity_recipe(args, ll_q4, overhead, work)
+    mixed_path = work / "mixed_recipe.json"
+    mixed_path.write_text(json.dumps(mixed))
+    name = "ours mixed (Q4_0 size)"
+    p = work / "ours_mixed.gguf"
+    info = run_worker(name, p, args, ["--mixed-recipe", str(mixed_path)])
+    info["sensitivity_s"] = mixed["seconds"]
+    score(name, "edge", p, info["quant_s"] + mixed["seconds"], info)
+
+    half = run_worker("ours GPTQ Q4_0, half the layers", work / "unused.gguf", args)
+    full = next(r for r in rows if r["variant"] == "ours GPTQ Q4_0")
+    scaling = {"full_layers": full["n_layers"], "full_s": full["quant_s"], "full_peak_rss_mb": full["peak_rss_mb"],
+               "half_layers": half["n_layers"], "half_s": half["quant_s"], "half_peak_rss_mb": half["peak_rss_mb"],
+               "time_ratio": full["quant_s"] / half["quant_s"]}
+    w8a8 = torch_w8a8(args, toks)
+
+    print()
+    print_table(rows)
+    print(f"\nlinear time: GPTQ Q4_0 {scaling['full_layers']} layers {scaling['full_s']:.1f} s "
+          f"(peak RSS {scaling['full_peak_rss_mb']:.0f} MB), {scaling['half_layers']} layers {scaling['half_s']:.1f} s "
+          f"(peak RSS {scaling['half_peak_rss_mb']:.0f} MB): ratio {scaling['time_ratio']:.2f}")
+    print(f"W8A8 (torch fake-quant, SmoothQuant 0.5, static per-tensor int8 activations): ppl {w8a8['ppl']:.3f} "
+          f"vs F32 {w8a8['ref_ppl']:.3f} ({w8a8['ppl_change']:+.2%}); without SmoothQuant {w8a8['no_smooth_ppl_change']:+.2%}")
+    out = {"model": MODEL, "calibration": CALIB, "n_samples": args.n_samples, "seq_len": args.seq_len,
+           "eval": {"text": "heldout", "tokens": len(toks), "window": args.window, "runtime": "llama-cpp-python",
+                    "kv_type": "f32", "threads": 2},
+           "rows": rows, "scaling": scaling, "w8a8": w8a8,
+           "mixed": {"recipe": mixed["recipe"], "estimate": mixed["estimate"]},
+           "sensitivity": mixed["sensitivity"], "total_s": time.perf_counter() - t_start}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=1, default=str))
+    print(f"\nwrote {args.json}")
+
+
+def torch_w8a8(args, toks) -> dict:
+    """W8A8 scored with the torch fake-quant model (llama.cpp has no W8A8): ppl vs the float model."""
+    import torch
+
+    from edge.calib import CalibConfig, token_batches
+    from edge.eval import perplexity
+    from edge.model.load import load_model
+    from edge.quant.configs import load_recipe
+    from edge.quant.quantize import quantize
+    from edge.runtime.eager import TorchRunner
+
+    torch.set_num_threads(2)
+    out = {}
+    for label, sq in (("", 0.5), ("no_smooth_", 0.0)):
+        lm = load_model(args.f32)
+        if not out:
+            out["ref_ppl"] = perplexity(TorchRunner(lm.model).logits, toks, window=args.window).ppl
+        calib = token_batches(lm.tokenizer, CalibConfig.from_spec(CALIB, n_samples=min(args.n_samples, 16),
+                                                                  seq_len=args.seq_len, seed=0))
+        from dataclasses import replace
+
+        recipe = replace(load_recipe("w8a8"), smoothquant=sq)
+        t0 = time.perf_counter()
+        quantize(lm.model, recipe, calib)
+        out[f"{label}quant_s"] = time.perf_counter() - t0
+        ppl = perplexity(TorchRunner(lm.model).logits, toks, window=args.window).ppl
+        out[f"{label}ppl"] = ppl
+        out[f"{label}ppl_change"] = ppl / out["ref_ppl"] - 1
+    return out
+
+
+def print_table(rows: list[dict]) -> None:
+    print("| variant | size MB | bpw | ppl | ppl change | KLD | top-1 | quant s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        rss = f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else ""
+        print(f"| {r['variant']} | {r['size_mb']:.2f} | {r['bpw']:.3f} | {r['ppl']:.3f} | {r['ppl_change']:+.2%} | "
+              f"{r['kld']:.4f} | {r['top1']:.3f} | {r['quant_s']:.1f} | {rss} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""The quantize stage on a tiny random model, and its GGUF read back by llama.cpp and by gguf-py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+gguf = pytest.importorskip("gguf")
+
+from edge.errors import ConfigError, EdgeError  # noqa: E402
+from edge.quant.configs import load_recipe  # noqa: E402
+from edge.quant.quantize import quantize  # noqa: E402
+from tests.tinymodels import tiny_model  # noqa: E402
+
+VOCAB = 49152  # the built-in tokenizer's, so llama.cpp accepts the copied tokenizer metadata
+
+
+def model(seed=0, **over):
+    return tiny_model(seed, vocab_size=VOCAB, max_seq_len=128, **over)
+
+
+def calib(n=4, T=64, seed=0):
+    return np.random.default_rng(seed).integers(0, 2000, size=(n, T))
+
+
+@pytest.fixture(scope="module")
+def source_gguf():
+    from edge.model.load import builtin_path
+
+    return builtin_path("smollm2-135m")
+
+
+def test_rtn_weights_are_the_stored_codes():
+    m = model()
+    q = quantize(m, load_recipe("q4_0", method="rtn"))
+    qt = q.tensors["layers.1.mlp.down_proj.weight"]
+    assert np.array_equal(m.layers[1].mlp.down_proj.weight.detach().numpy(), qt.dequantize())
+    assert q.tensors["embed_tokens.weight"].fmt.name == "q8_0"  # tied: the output's format
+    assert m.lm_head.weight is m.embed_tokens.weight
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq", "awq+gptq"])
+def test_calibrated_methods_beat_rtn_on_layer_output(method):
+    tokens = torch.as_tensor(calib(seed=1))
+    ref = model()
+    with torch.no_grad():
+        want = ref(tokens)
+    errs = {}
+    for meth in ("rtn", method):
+        m = model()
+        quantize(m, load_recipe("q4_0", method=meth), calib())
+        with torch.no_grad():
+            errs[meth] = float(((m(tokens) - want) ** 2).mean())
+    assert errs[method] < errs["rtn"]
+
+
+def test_w8a8_smoothquant_records_static_scales():
+    m = model()
+    q = quantize(m, "w8a8", calib())
+    assert len(q.act_scales) == 2 * 7 and all(s > 0 for s in q.act_scales.values())
+    with torch.no_grad():
+        assert torch.isfinite(m(torch.as_tensor(calib(1, 16)))).all()
+
+
+def test_gguf_export_loads_in_llamacpp_and_matches(tmp_path, source_gguf):
+    from edge.export.gguf import export_gguf
+    from edge.model.gguf import load_gguf
+    from edge.runtime.llamacpp import LlamaCppRunner
+
+    m = model()
+    q = quantize(m, "q4_0", calib())
+    path = export_gguf(m, q, tmp_path / "tiny.gguf", tokenizer_gguf=source_gguf, provenance={"test": 1})
+    # gguf-py reads back exactly our blocks; our loader gets exactly the quantized weights
+    r = gguf.GGUFReader(str(path))
+    t = {x.name: x for x in r.tensors}
+    assert t["blk.0.ffn_up.weight"].tensor_type == gguf.GGMLQuantizationType.Q4_0
+    assert np.array_equal(np.asarray(t["blk.0.ffn_up.weight"].data).reshape(-1),
+                          q.tensors["layers.0.mlp.up_proj.weight"].gguf_bytes().reshape(-1))
+    back, spec, tok = load_gguf(path)
+    for name, p in m.state_dict().items():
+        assert torch.equal(back.state_dict()[name], p), name
+    assert "gptq" in r.fields["edge.recipe"].contents()
+    assert len(tok.encode("hello world")) > 0
+    # llama.cpp runs it; its logits follow the torch model of the same weights (llama.cpp rounds
+    # activations to 8 bits inside Q4_0 dot products, so not exactly)
+    toks = [1, 504, 2000, 33, 1207, 9, 77, 401]
+    got = LlamaCppRunner(path, n_ctx=64, n_threads=1, kv_type="f32").logits(toks)
+    with torch.no_grad():
+        want = m(torch.tensor([toks]))[0].numpy()
+    cos = (got * want).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
+    assert cos.min() > 0.99
+    # deterministic bytes
+    m2 = model()
+    q2 = quantize(m2, "q4_0", calib())
+    path2 = export_gguf(m2, q2, tmp_path / "again.gguf", tokenizer_gguf=source_gguf, provenance={"test": 1})
+    assert path.read_bytes() == path2.read_bytes()
+
+
+def test_f32_export_matches_torch(tmp_path, source_gguf):
+    from edge.export.gguf import export_gguf
+    from edge.runtime.llamacpp import LlamaCppRunner
+
+    m = model(seed=3)
+    path = export_gguf(m, None, tmp_path / "f32.gguf", tokenizer_gguf=source_gguf)
+    toks = [1, 5, 900, 33, 12]
+    got = LlamaCppRunner(path, n_ctx=64, n_threads=1, kv_type="f32").logits(toks)
+    with torch.no_grad():
+        want = m(torch.tensor([toks]))[0].numpy()
+    assert np.abs(got - want).max() < 1e-3
+
+
+# ---- bad input: one line, a subclass of EdgeError ------------------------------------------------
+
+def _one_line(excinfo):
+    assert "\n" not in str(excinfo.value)
+    return str(excinfo.value)
+
+
+def test_group_size_not_dividing_names_tensor(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("base: w4a16\nweights: {linear: int4_g128}\n")
+    with pytest.raises(ConfigError) as e:
+        quantize(model(), load_recipe(p), calib())
+    assert "layers.0.self_attn.q_proj.weight' has shape (64, 64)" in _one_line(e)
+
+
+@pytest.mark.parametrize("bad,match", [(None, "no calibration data"), (np.zeros((0, 8), dtype=np.int64), "shape"),
+                                       (np.full((2, 8), VOCAB + 5), "token ids must be in")])
+def test_missing_or_empty_calibration(bad, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        quantize(model(), "q4_0", bad)
+    _one_line(e)
+
+
+def test_nan_weight_and_nan_activation_name_the_layer():
+    m = model()
+    with torch.no_grad():
+        m.layers[1].mlp.up_proj.weight[3, 4] = float("nan")
+    with pytest.raises(EdgeError, match=r"layers.1.mlp.up_proj.weight") as e:
+        quantize(m, "q4_0", calib())
+    _one_line(e)
+    m = model()
+    with torch.no_grad():
+        m.layers[0].post_attention_layernorm.weight[0] = float("inf")
+    with pytest.raises(EdgeError, match=r"MLP input of layer 0.*NaN or Inf") as e:
+        quantize(m, "q4_0", calib())
+    _one_line(e)
