@@ -180,6 +180,67 @@ def prune_cmd(model, out, recipe, ratio, params, kind, ffn_dim, n_heads, n_kv_he
             click.echo(f"  tried {k}: calibration KL {v['calib_kl']:.4f}")
 
 
+# ---- quantize (issue 4) -------------------------------------------------------------------------
+@main.command("quantize")
+@click.option("--model", "model", default="smollm2-135m", show_default=True, help="Built-in name or path.")
+@click.option("--recipe", required=True, help="Preset (q8_0, q4_0, q4_k_m, w4a16, w8a8, 8da4w) or a recipe file.")
+@click.option("--method", default=None, help="Override the algorithm: rtn, gptq, awq, awq+gptq.")
+@click.option("--calib", default="assistant:3,general:7", show_default=True, help="Calibration mix NAME[:WEIGHT],...")
+@click.option("--n-samples", default=32, show_default=True)
+@click.option("--seq-len", default=512, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (new or empty).")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def quantize_cmd(model, recipe, method, calib, n_samples, seq_len, seed, out, as_json) -> None:
+    """Quantize MODEL with RECIPE on calibration data; write model.gguf (or tensors.npz) and a report."""
+    from edge.quant.pipeline import quantize_to_dir
+
+    rep = quantize_to_dir(model, recipe, out, calib=calib, n_samples=n_samples, seq_len=seq_len, seed=seed,
+                          method=method)
+    if as_json:
+        return echo_json(rep)
+    click.echo(f"{rep['recipe']} ({rep['method']}): {rep['weight_bytes'] / 1e6:.1f} MB of weights in "
+               f"{rep['seconds']:.1f} s -> {rep['artifact']}")
+
+
+@main.group("quant")
+def quant_group() -> None:
+    """Quantization analysis."""
+
+
+@quant_group.command("sensitivity")
+@click.option("--model", "model", default="smollm2-135m", show_default=True, help="Built-in name or path.")
+@click.option("--calib", default="assistant:3,general:7", show_default=True, help="Calibration mix NAME[:WEIGHT],...")
+@click.option("--n-samples", default=4, show_default=True)
+@click.option("--seq-len", default=256, show_default=True)
+@click.option("--formats", default="q4_0,q5_0,q8_0", show_default=True, help="Comma-separated weight formats.")
+@click.option("--units", type=click.Choice(["layers", "classes"]), default="layers", show_default=True)
+@click.option("--budget-mb", type=float, default=None, help="Also assign mixed precision within this many MB.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Write a bar chart (PNG).")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def quant_sensitivity_cmd(model, calib, n_samples, seq_len, formats, units, budget_mb, plot, as_json) -> None:
+    """KL divergence each layer (or tensor class) causes when quantized alone, per format."""
+    from edge.quant.sensitivity import run_sensitivity
+
+    res = run_sensitivity(model, calib=calib, n_samples=n_samples, seq_len=seq_len,
+                          formats=tuple(f.strip() for f in formats.split(",")), units=units,
+                          budget_mb=budget_mb, plot=plot)
+    if as_json:
+        return echo_json(res)
+    fm = res["formats"]
+    click.echo(f"{'unit':<18}{'params':>12}" + "".join(f"{f:>10}" for f in fm))
+    for row in res["table"]:
+        click.echo(f"{row['unit']:<18}{row['params']:>12,}" + "".join(f"{row[f]:>10.4f}" for f in fm))
+    if res.get("assignment"):
+        a = res["assignment"]
+        click.echo(f"mixed within {budget_mb} MB: {a['bytes'] / 1e6:.2f} MB, est. KL sum {a['kl_sum']:.4f}: "
+                   + ", ".join(f"{u}={f}" for u, f in a["choice"].items() if f != fm[0]))
+    if plot:
+        click.echo(f"plot: {plot}")
+
+
 # ---- targets and simulation -------------------------------------------------------------------
 @main.group()
 def targets() -> None:
