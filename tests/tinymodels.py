@@ -24,3 +24,27 @@ def tiny_model(seed: int = 0, tie: bool = True, **over):
 
 
 TOKENS = [1, 5, 9, 200, 3, 77, 12, 40, 8, 100, 250, 31]
+
+
+def byte_tokenizer():
+    """A 256-token byte-level tokenizer (no merges) with <|im_end|>-free ChatML-less template."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    from edge.model.tokenizer import Tokenizer
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tk = HFTokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    return Tokenizer(tk, "tokenizers", None, None, False, None, {})
+
+
+def tiny_loaded(**over):
+    """A LoadedModel of the tiny model with the byte tokenizer, as edge.build takes it."""
+    from pathlib import Path
+
+    from edge.model.load import LoadedModel, ModelSource
+
+    m = tiny_model(**over)
+    return LoadedModel(m, m.spec, byte_tokenizer(), ModelSource("hf", Path("tiny"), "tiny"))

@@ -346,7 +346,8 @@ def weight_matmuls(path: Path) -> list[str]:
 
 
 def quantize_qdq(out_dir: Path, layout: dict, model: nn.Module, calib_tokens: np.ndarray) -> int:
-    """Replace each fp32 part with a QDQ graph: int8 symmetric per-channel weights, uint8 activations
+    """Replace each fp32 part with a QDQ graph: int8 symmetric per-channel weights (per-tensor below
+    opset 13), uint8 activations
     with static per-tensor scales from MinMax calibration on ``calib_tokens`` (n, T) prefills."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -374,7 +375,8 @@ def quantize_qdq(out_dir: Path, layout: dict, model: nn.Module, calib_tokens: np
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             quantize_static(str(src), str(tmp), Feeds(feeds), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes, per_channel=True,
+                            op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
+                            per_channel=layout["opset"] >= 13,  # DequantizeLinear's axis is opset 13+
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
         tmp.replace(src)

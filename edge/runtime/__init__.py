@@ -9,4 +9,12 @@ A runner has ``logits(tokens) -> np.ndarray (T, vocab)`` (a fresh context each c
 
 from edge.runtime.base import Runner
 
-__all__ = ["Runner"]
+
+def load(package_dir, backend=None, threads=None):
+    """Open a device package (checksums verified): see edge.runtime.session.load."""
+    from edge.runtime.session import load as _load
+
+    return _load(package_dir, backend=backend, threads=threads)
+
+
+__all__ = ["Runner", "load"]

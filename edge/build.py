@@ -1,0 +1,193 @@
+"""The whole pipeline for one target: check -> (quantize) -> export -> evaluate -> package.
+
+    from edge.build import build
+    build("smollm2-135m", "horizon-j5", out="pkg/")          # the target's default recipe
+    build("smollm2-135m", "snapdragon-8gen2", recipe="8da4w", out="pkg-8g2/")
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edge.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    max_seq: int = 512  # KV cache slots of the exported programs
+    calib_samples: int = 32
+    calib_seq: int = 128
+    eval_window: int = 128
+    eval_windows: int = 8  # held-out windows scored against the unquantized reference
+
+    def __post_init__(self) -> None:
+        for k in ("max_seq", "calib_samples", "calib_seq", "eval_window", "eval_windows"):
+            if getattr(self, k) <= 0:
+                raise ConfigError(f"build: {k} must be positive, got {getattr(self, k)}")
+        if self.eval_window > self.max_seq:
+            raise ConfigError(f"build: eval_window {self.eval_window} exceeds max_seq {self.max_seq}")
+
+
+def model_hash(model) -> str:
+    """sha256 over parameter names and bytes: the same weights give the same hash, wherever loaded."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_tokenizer(tok, out: Path) -> list[str]:
+    """tokenizer.json + tokenizer_config.json (specials, chat template) that Tokenizer.from_hf_dir reads."""
+    import json
+
+    if tok.kind != "tokenizers":
+        raise ConfigError("the package needs a tokenizers (tokenizer.json) tokenizer; this model's is served "
+                          "by llama.cpp only")
+    tok.backend.save(str(out / "tokenizer.json"))
+    names = {i: t for t, i in tok.special.items()}
+    cfg = {"add_bos_token": tok.add_bos, "bos_token": names.get(tok.bos_id), "eos_token": names.get(tok.eos_id),
+           "chat_template": tok.chat_template}
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return ["tokenizer.json", "tokenizer_config.json"]
+
+
+def build(model: str, target: str, recipe: str | None = None, out: str | Path = "package",
+          runtime: str | None = None, cfg: BuildConfig = BuildConfig()) -> Path:
+    """Load ``model`` by name/path and build its package for ``target``."""
+    from edge.model.load import load_model
+
+    return build_package(load_model(model), target, recipe, out, runtime, cfg)
+
+
+def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime: str | None = None,
+                  cfg: BuildConfig = BuildConfig(), progress=print) -> Path:
+    """Build from a LoadedModel (model, spec, tokenizer, source). Returns the package directory."""
+    import torch
+
+    import edge
+    from edge.calib import CalibConfig, dataset_hash, load_text, token_batches
+    from edge.eval import compare
+    from edge.export.check import check
+    from edge.package import PackageWriter, tool_versions
+    from edge.runtime.eager import TorchRunner
+    from edge.runtime.session import artifact_runner
+    from edge.targets import load_target
+
+    torch.manual_seed(0)
+    tp = load_target(target)
+    recipe = recipe or tp.defaults.recipe
+    plan = check(lm.spec, tp, recipe, runtime, cfg.max_seq)
+    progress(f"build: {lm.spec.name or lm.source.name} -> {tp.name}, recipe {recipe}, runtime {plan.runtime} "
+             f"({plan.target_format}: {plan.writer} {plan.option})")
+    calib_cfg = CalibConfig(n_samples=cfg.calib_samples, seq_len=cfg.calib_seq, seed=0)
+    calib = token_batches(lm.tokenizer, calib_cfg)
+    vocab = lm.spec.vocab_size
+    calib = np.clip(calib, 0, vocab - 1)
+    heldout = [t for t in lm.tokenizer.encode(load_text("heldout").text) if t < vocab]
+    heldout = heldout[: cfg.eval_window * cfg.eval_windows]
+    ref = TorchRunner(lm.model)
+
+    with PackageWriter(out) as w:
+        art = {"format": plan.target_format, "writer": plan.writer, "runtime": plan.host_runtime,
+               "device_runtime": plan.runtime, "recipe": recipe, "option": plan.option}
+        if plan.writer == "pte":
+            from edge.export.executorch import PteConfig, export_pte
+
+            eos = [lm.tokenizer.eos_id] if lm.tokenizer.eos_id is not None else []
+            res = export_pte(lm.model, w.dir / "model.pte", PteConfig(quant=plan.option, max_seq=cfg.max_seq),
+                             bos_id=lm.tokenizer.bos_id, eos_ids=eos)
+            art |= {"files": ["model.pte"], "export": res.to_dict() | {"seconds": None}}
+        elif plan.writer == "onnx":
+            from edge.export.onnx import OnnxConfig, export_onnx, rope_tables
+
+            rt = tp.runtimes[plan.runtime]
+            ocfg = OnnxConfig(dtype=plan.option, max_seq=cfg.max_seq, format=plan.variant,
+                              max_graph_bytes=rt.max_graph_bytes)
+            res = export_onnx(lm.model, w.dir, ocfg, calib_tokens=calib)
+            cos, sin = rope_tables(lm.model, cfg.max_seq)
+            np.save(w.dir / "rope.npy", np.stack([cos, sin]))  # (2, S, head_dim): cos, sin
+            art |= {"files": res.files + ["rope.npy"], "layout": res.layout,
+                    "export": res.to_dict() | {"seconds": None}}
+        else:
+            from edge.export.gguf import export_gguf
+            from edge.quant import quantize
+
+            if lm.source.kind not in ("builtin", "gguf"):
+                raise ConfigError("GGUF packages copy tokenizer metadata from a source GGUF; this model has none")
+            m = copy.deepcopy(lm.model)
+            q = None if plan.option in ("fp32", "fp16") else quantize(m, plan.option, torch.from_numpy(calib))
+            export_gguf(m, q, w.dir / "model.gguf", tokenizer_gguf=lm.source.path,
+                        provenance={"calib": dataset_hash(calib_cfg), "recipe": recipe, "target": tp.name},
+                        float_type="f16" if plan.option == "fp16" else "f32")
+            art |= {"files": ["model.gguf"]}
+        w.add_artifact(art)
+        tok_files = write_tokenizer(lm.tokenizer, w.dir)
+
+        progress(f"build: scoring the {plan.writer} artifact against the unquantized reference "
+                 f"({len(heldout)} held-out tokens)")
+        runner = artifact_runner(w.dir, art, threads=None)
+        acc = compare(ref.logits, runner.logits, heldout, window=cfg.eval_window).to_dict()
+        del runner
+        art["accuracy"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in acc.items()}
+        sim = simulated(lm.spec, tp, recipe, plan.runtime)
+        fields = {
+            "target": tp.name, "recipe": recipe, "runtime": plan.runtime,
+            "model": {"name": lm.spec.name or lm.source.name, "source": lm.source.kind, "sha256": model_hash(lm.model),
+                      "spec": lm.spec.to_dict()},
+            "calibration": {"sha256": dataset_hash(calib_cfg), "samples": cfg.calib_samples, "seq_len": cfg.calib_seq},
+            "evaluation": {"text": "heldout", "tokens": len(heldout), "window": cfg.eval_window},
+            "tokenizer": tok_files,
+            "tools": tool_versions() | {"edge": edge.__version__},
+            "min_runtime": MIN_RUNTIME[plan.host_runtime],
+            "simulated": sim,
+        }
+        return w.finish(fields, report(fields, w.artifacts))
+
+
+# host runtime -> the oldest version the artifact was checked against (the version edge pins)
+MIN_RUNTIME = {"executorch": "executorch>=1.5.1", "onnxruntime": "onnxruntime>=1.32.0",
+               "llama.cpp": "llama-cpp-python>=0.3.36"}
+
+
+def simulated(spec, tp, recipe: str, runtime: str) -> dict:
+    """The simulator's prediction and budget verdicts, or why there is none."""
+    from edge.sim import simulate
+
+    try:
+        r = simulate(spec, recipe, tp, runtime=runtime)
+    except ConfigError as e:
+        return {"available": False, "reason": str(e)}
+    return {"available": True, "decode_tok_s": round(r.decode_tok_s, 3), "prefill_tok_s": round(r.prefill_tok_s, 3),
+            "ttft_s": round(r.ttft_s, 4), "peak_memory_bytes": int(r.peak_memory_bytes), "fits": r.fits,
+            "budgets": [{"name": b.name, "limit": b.limit, "value": round(b.value, 4), "ok": b.ok} for b in r.budgets],
+            "ok": r.ok}
+
+
+def report(fields: dict, artifacts: list[dict]) -> str:
+    lines = [f"# {fields['model']['name']} for {fields['target']} ({fields['recipe']})", "",
+             f"Runtime on the device: {fields['runtime']}. Model sha256 {fields['model']['sha256'][:16]}..., "
+             f"calibration sha256 {fields['calibration']['sha256'][:16]}...", "", "## Artifacts", "",
+             "| files | format | host runtime | top-1 | KLD mean | ppl change |", "|---|---|---|---|---|---|"]
+    for a in artifacts:
+        acc = a.get("accuracy", {})
+        lines.append(f"| {', '.join(a['files'])} | {a['format']} ({a['option']}) | {a['runtime']} | "
+                     f"{acc.get('top1_agreement', 0):.4f} | {acc.get('kld_mean', 0):.5f} | "
+                     f"{acc.get('ppl_change', 0):+.2%} |")
+    sim = fields["simulated"]
+    lines += ["", "## Simulated on the device", ""]
+    if sim.get("available"):
+        lines.append(f"decode {sim['decode_tok_s']:.1f} tok/s, prefill {sim['prefill_tok_s']:.1f} tok/s, "
+                     f"peak memory {sim['peak_memory_bytes'] / 2**20:.0f} MiB, fits: {sim['fits']}")
+        for b in sim["budgets"]:
+            lines.append(f"- budget {b['name']}: {'ok' if b['ok'] else 'FAILED'} ({b['value']})")
+    else:
+        lines.append(f"not simulated: {sim['reason']}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,79 @@
+"""The will-it-work check, run before any export: fails fast naming the rule, the part and the fix.
+
+    plan = check(spec, load_target("horizon-j5"), "w8a8")   # -> ExportPlan(runtime, format, writer, option)
+
+Rules, in order: the target's runtime for the recipe writes a format we can produce; the format
+takes the recipe's data types; the model has no op the format cannot express; the simulator says
+the model fits in the device's memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge.errors import BudgetFailed, ConfigError
+
+# target format -> (our writer, its variant). "rknn", "hbm" and "qnn-context-binary" are compiled by
+# the vendor's tool from the ONNX we write: the package carries that ONNX.
+FORMAT_WRITERS: dict[str, tuple[str, str]] = {
+    "pte": ("pte", ""),
+    "onnx": ("onnx", "onnx"),
+    "onnx-qdq": ("onnx", "onnx-qdq"),
+    "onnx-opset11": ("onnx", "onnx-opset11"),
+    "hbm": ("onnx", "onnx-opset11"),
+    "rknn": ("onnx", "onnx-qdq"),
+    "qnn-context-binary": ("onnx", "onnx-qdq"),
+    "gguf": ("gguf", ""),
+}
+# writer -> recipe -> the writer's own option (weight format / dtype). One visible table.
+RECIPE_OPTIONS: dict[str, dict[str, str]] = {
+    "pte": {"fp32": "fp32", "8da4w": "8da4w", "w8a8": "8da8w"},
+    "onnx": {"fp32": "fp32", "fp16": "fp16", "w8a8": "qdq-w8a8"},
+    "gguf": {"fp32": "fp32", "fp16": "fp16", "q8_0": "q8_0", "q4_0": "q4_0", "q4_k_m": "q4_k_m"},
+}
+RUNTIME_OF_WRITER = {"pte": "executorch", "onnx": "onnxruntime", "gguf": "llama.cpp"}
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    runtime: str  # the target's runtime name (profile key)
+    target_format: str  # as the profile spells it
+    writer: str  # pte | onnx | gguf
+    variant: str  # onnx format variant
+    option: str  # the writer's quant/dtype option
+    host_runtime: str  # executorch | onnxruntime | llama.cpp: what runs it on the host
+
+
+def check(spec, target, recipe: str, runtime: str | None = None, context: int | None = None) -> ExportPlan:
+    """Raise ConfigError / BudgetFailed when the build cannot work; else the plan."""
+    rt = target.runtime_for(recipe, runtime)
+    name = runtime or next(k for k, v in target.runtimes.items() if v is rt)
+    fmts = [f for f in rt.formats if f in FORMAT_WRITERS]
+    if not fmts:
+        raise ConfigError(f"target {target.name}: runtime '{name}' takes {', '.join(rt.formats)}; edge writes "
+                          f"{', '.join(FORMAT_WRITERS)}: pick another runtime with --runtime "
+                          f"({', '.join(target.runtimes)})")
+    fmt = fmts[0]
+    writer, variant = FORMAT_WRITERS[fmt]
+    option = RECIPE_OPTIONS[writer].get(recipe)
+    if option is None:
+        raise ConfigError(f"recipe '{recipe}' cannot be written as {fmt} (for runtime '{name}'); "
+                          f"{fmt} takes: {', '.join(RECIPE_OPTIONS[writer])}")
+    if spec.is_moe and writer != "gguf":
+        raise ConfigError(f"op 'MoE MLP' (top-{spec.n_experts_per_tok} of {spec.n_experts} experts) has no "
+                          f"{fmt} lowering in edge; use a GGUF runtime (llama.cpp) for this model")
+    if spec.qkv_bias and writer == "gguf":
+        raise ConfigError("op 'q/k/v bias' is not written by edge's GGUF writer (llama architecture only)")
+    try:
+        from edge.sim import Workload, simulate
+
+        wl = Workload(prompt_len=min(128, max(1, (context or 256) // 2)), gen_len=max(1, (context or 256) // 4),
+                      context=context or 0)
+        sim = simulate(spec, recipe, target, runtime=name, workload=wl, budgets=[])
+    except ConfigError as e:
+        raise ConfigError(f"will-it-work: the simulator cannot judge recipe '{recipe}' on {target.name}: {e}") from e
+    if not sim.fits:
+        raise BudgetFailed(f"will-it-work: the model does not fit on {target.name} ({sim.fit_binding}): needs "
+                           f"{sim.peak_memory_bytes / 2**20:,.0f} MiB of {sim.memory.get('available', 0) / 2**20:,.0f} "
+                           "MiB available; quantize to fewer bits, prune, or shorten the context")
+    return ExportPlan(name, fmt, writer, variant, option, RUNTIME_OF_WRITER[writer])
