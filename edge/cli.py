@@ -355,5 +355,37 @@ def simulate_cmd(model, target, recipe, runtime, prompt_len, gen_len, context, b
         raise BudgetFailed(f"{res.model} on {res.target}: failed {', '.join(failed)}")
 
 
+# ---- scale: stage cache, build matrix (issue 8) ---------------------------------------------------
+@main.group("cache")
+def cache_group() -> None:
+    """The stage cache ($EDGE_CACHE or ~/.cache/edge): what it holds, and clearing it."""
+
+
+@cache_group.command("info")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def cache_info(as_json: bool) -> None:
+    """Entries and bytes per stage."""
+    from edge.cache import StageCache
+
+    info = StageCache().info()
+    if as_json:
+        return echo_json(info)
+    click.echo(f"{info['root']}: {info['entries']} entries, {info['bytes'] / 1e6:.1f} MB")
+    for name, s in info["stages"].items():
+        click.echo(f"  {name:<24} {s['entries']:>5} entries {s['bytes'] / 1e6:>10.1f} MB")
+
+
+@cache_group.command("clear")
+@click.option("--stage", default=None, help="Clear one stage only.")
+@friendly
+def cache_clear(stage: str | None) -> None:
+    """Remove cached stage outputs."""
+    from edge.cache import StageCache
+
+    c = StageCache()
+    click.echo(f"removed {c.clear(stage)} entries from {c.root}")
+
+
 if __name__ == "__main__":
     main()
