@@ -355,6 +355,90 @@ def simulate_cmd(model, target, recipe, runtime, prompt_len, gen_len, context, b
         raise BudgetFailed(f"{res.model} on {res.target}: failed {', '.join(failed)}")
 
 
+# ---- build, inspect, run, validate (issue 6) ---------------------------------------------------
+@main.command("build")
+@click.option("--model", "model", default="smollm2-135m", show_default=True, help="Built-in name or path.")
+@click.option("--target", required=True, help="Target profile name (edge targets list).")
+@click.option("--recipe", default=None, help="Quantization recipe; default: the target's.")
+@click.option("--runtime", default=None, help="Device runtime from the profile; default: the recipe's.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Package directory to write.")
+@click.option("--max-seq", default=512, show_default=True, help="KV cache slots of the exported programs.")
+@friendly
+def build_cmd(model, target, recipe, runtime, out, max_seq) -> None:
+    """Build a device package: artifacts, tokenizer, manifest.json, report.md."""
+    from edge.build import BuildConfig, build
+
+    pkg = build(model, target, recipe, out, runtime, BuildConfig(max_seq=max_seq))
+    click.echo((pkg / "report.md").read_text())
+    click.echo(f"package: {pkg}")
+
+
+@main.command("inspect")
+@click.argument("package", type=click.Path())
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def inspect_cmd(package, as_json) -> None:
+    """Summarise a package and check its files against the manifest."""
+    from edge.package import read_manifest, verify
+
+    m = read_manifest(package)
+    verify(m, package)
+    if as_json:
+        return echo_json(m)
+    click.echo(f"{package}: {m['model']['name']} for {m['target']} ({m['recipe']}, runtime {m['runtime']}), "
+               f"manifest v{m['manifest_version']}, checksums ok")
+    for a in m["artifacts"]:
+        acc = a.get("accuracy", {})
+        click.echo(f"  {', '.join(a['files'])}: {a['format']} ({a['option']}) on {a['runtime']}; "
+                   f"top-1 {acc.get('top1_agreement', 0):.4f}, KLD {acc.get('kld_mean', 0):.5f}")
+    for f, info in m["files"].items():
+        click.echo(f"  {f:<28} {info['size']:>12,} B  {info['sha256'][:16]}")
+
+
+@main.command("run")
+@click.argument("package", type=click.Path())
+@click.option("--prompt", required=True)
+@click.option("--max-tokens", default=64, show_default=True)
+@click.option("--temperature", default=0.0, show_default=True)
+@click.option("--top-p", default=1.0, show_default=True)
+@click.option("--backend", default=None, help="executorch, onnxruntime or llama.cpp (default: the package's first).")
+@click.option("--chat/--raw", default=True, show_default=True)
+@friendly
+def run_cmd(package, prompt, max_tokens, temperature, top_p, backend, chat) -> None:
+    """Stream a continuation of PROMPT from a package (checksums verified first)."""
+    import edge.runtime
+
+    s = edge.runtime.load(package, backend=backend)
+    for piece in s.generate(prompt, max_tokens, temperature, top_p, stream=True, chat=chat):
+        click.echo(piece, nl=False)
+    click.echo()
+
+
+@main.command("validate")
+@click.argument("package", type=click.Path())
+@click.option("--budget", "budgets", multiple=True, help="e.g. top1>=0.9, kld<=0.05, decode_tok_s>=15 (repeat).")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--junit", type=click.Path(dir_okay=False), default=None, help="Also write a JUnit XML report.")
+@click.option("--max-windows", type=int, default=None, help="Score only the first N held-out windows.")
+@friendly
+def validate_cmd(package, budgets, as_json, junit, max_windows) -> None:
+    """Run every artifact against the reference and the budgets; exit 1 on any failure."""
+    from edge.validate import validate
+
+    rep = validate(package, budgets, max_windows=max_windows)
+    if junit:
+        with open(junit, "w") as f:
+            f.write(rep.to_junit())
+    if as_json:
+        echo_json(rep.to_dict())
+    else:
+        for c in rep.checks:
+            click.echo(f"{'ok  ' if c.ok else 'FAIL'} {c.name}" + (f": {c.value} ({c.limit})" if c.limit else ""))
+        click.echo("validate: " + ("passed" if rep.ok else "FAILED"))
+    if not rep.ok:
+        sys.exit(1)
+
+
 # ---- scale: stage cache, build matrix (issue 8) ---------------------------------------------------
 @main.group("cache")
 def cache_group() -> None:
