@@ -571,63 +571,77 @@ def build(model, spec: ModelSpec, sel: Selection):
 
 
 # ---- recovery: least-squares refit of o_proj and down_proj ---------------------------------------
-def solve_ridge(xtx, xty, damp: float = LSTSQ_DAMP):
+def solve_ridge(xtx, xty, damp: float | None = None):
     """argmin_W ||X W^T - Y||^2 + damp * mean(diag(X^T X)) ||W||^2 from X^T X (k, k) and X^T Y (k, out)."""
     import torch
 
     k = xtx.shape[0]
+    damp = LSTSQ_DAMP if damp is None else damp
     lam = damp * float(xtx.diagonal().mean()) + 1e-12
     return torch.linalg.solve(xtx + lam * torch.eye(k, dtype=xtx.dtype), xty).T  # (out, k)
 
 
-def recover(dense, pruned, sel: Selection, calib: np.ndarray, batch: int = 8) -> None:
-    """Refit every kept layer's o_proj and down_proj, in order, so that the pruned model's residual
-    stream after each half-layer matches the unpruned model's (on the pruned model's own inputs).
-
-    Targets are the unpruned residual stream, so a refit also absorbs what removed layers did
-    (the next kept layer's input) and the error left by earlier layers. Shapes: hidden (n, T, dim).
-    """
+def dense_stream(dense, calib: np.ndarray, batch: int = 8) -> list:
+    """The unpruned model's residual stream on the calibration tokens: for every layer, its input and
+    its state after attention, each (n, T, dim), plus the final output (the targets of ``recover``)."""
     import torch
 
     t = torch.as_tensor(np.asarray(calib), dtype=torch.long)
     n, T = t.shape
     chunks = [slice(b, min(b + batch, n)) for b in range(0, n, batch)]
+    cos, sin = dense.rope(torch.arange(T), dense.embed_tokens.weight.dtype)
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    out = []
     with torch.no_grad():
-        x_d = dense.embed_tokens(t)  # (n, T, dim): unpruned residual stream
-        x_p = pruned.embed_tokens(t)  # pruned residual stream
-        cos, sin = dense.rope(torch.arange(T), x_d.dtype)
-        mask = torch.ones(T, T, dtype=torch.bool).tril()
-        kept = {j: i for i, j in enumerate(sel.layers)}
-        j = 0
-        while j < dense.spec.n_layers:
-            if j not in kept:  # a removed layer before the first kept one: nothing to refit into
-                x_d = torch.cat([dense.layers[j](x_d[c], cos, sin, mask, None) for c in chunks])
-                j += 1
-                continue
-            D, P = dense.layers[j], pruned.layers[kept[j]]
-            # attention half: o_proj's inputs z (B, T, q_dim) should map to the unpruned stream after attention
-            h_d = torch.cat(
-                [x_d[c] + D.self_attn(D.input_layernorm(x_d[c]), cos, sin, mask, None) for c in chunks]
+        x = dense.embed_tokens(t)
+        for layer in dense.layers:
+            h = torch.cat(
+                [x[c] + layer.self_attn(layer.input_layernorm(x[c]), cos, sin, mask, None) for c in chunks]
             )
+            out.append((x, h))
+            x = torch.cat([h[c] + layer.mlp(layer.post_attention_layernorm(h[c])) for c in chunks])
+    out.append((x, x))
+    return out
+
+
+def recover(
+    dense, pruned, sel: Selection, calib: np.ndarray, stream: list | None = None, batch: int = 8
+) -> None:
+    """Refit every kept layer's o_proj and down_proj, in order, by ridge least squares, so that the
+    pruned model's residual stream after each half-layer matches the unpruned model's.
+
+    The inputs are what the pruned model itself feeds each projection; the targets are the unpruned
+    residual stream (``dense_stream``), so a refit also corrects the error left by earlier layers, and
+    the MLP of the layer before a removed one absorbs what the removed layer did. Shapes: (n, T, dim).
+    """
+    import torch
+
+    stream = stream if stream is not None else dense_stream(dense, calib, batch)
+    t = torch.as_tensor(np.asarray(calib), dtype=torch.long)
+    n, T = t.shape
+    chunks = [slice(b, min(b + batch, n)) for b in range(0, n, batch)]
+    cos, sin = pruned.rope(torch.arange(T), pruned.embed_tokens.weight.dtype)
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    with torch.no_grad():
+        x_p = pruned.embed_tokens(t)  # (n, T, dim): the pruned model's residual stream
+        for i, j in enumerate(sel.layers):
+            P = pruned.layers[i]
+            h_d = stream[j][1]  # unpruned stream after layer j's attention
+            x_next = stream[sel.layers[i + 1] if i + 1 < len(sel.layers) else len(stream) - 1][0]
+            # attention half: o_proj's inputs z (B, T, q_dim) -> the unpruned stream after attention
             with inputs_of(P.self_attn.o_proj) as z:
                 for c in chunks:
                     P.self_attn(P.input_layernorm(x_p[c]), cos, sin, mask, None)
             refit(P.self_attn.o_proj, z, [h_d[c] - x_p[c] for c in chunks])
             h_p = x_p + torch.cat([P.self_attn.o_proj(zc) for zc in z])
-            # MLP half: down_proj's inputs (B, T, ffn) should map to the unpruned stream at the next kept
-            # layer's input (so it also absorbs the layers removed in between)
-            x_d = torch.cat([h_d[c] + D.mlp(D.post_attention_layernorm(h_d[c])) for c in chunks])
-            j += 1
-            while j < dense.spec.n_layers and j not in kept:
-                x_d = torch.cat([dense.layers[j](x_d[c], cos, sin, mask, None) for c in chunks])
-                j += 1
+            # MLP half: down_proj's inputs (B, T, ffn) -> the unpruned stream at the next kept layer's input
             if not hasattr(P.mlp, "down_proj"):  # MoE layers keep their experts as they are
                 x_p = torch.cat([h_p[c] + P.mlp(P.post_attention_layernorm(h_p[c])) for c in chunks])
                 continue
             with inputs_of(P.mlp.down_proj) as u:
                 for c in chunks:
                     P.mlp(P.post_attention_layernorm(h_p[c]))
-            refit(P.mlp.down_proj, u, [x_d[c] - h_p[c] for c in chunks])
+            refit(P.mlp.down_proj, u, [x_next[c] - h_p[c] for c in chunks])
             x_p = h_p + torch.cat([P.mlp.down_proj(uc) for uc in u])
 
 
@@ -738,13 +752,13 @@ def needs_calib(cfg: PruneConfig, spec: ModelSpec) -> str:
     return ""
 
 
-def prune(
-    model, cfg: PruneConfig, calib: np.ndarray | None = None, stats: list[LayerStats] | None = None
-) -> PruneResult:
+def prune(model, cfg: PruneConfig, calib: np.ndarray | None = None, cache: dict | None = None) -> PruneResult:
     """Prune ``model`` (our Transformer; not modified) as ``cfg`` says, scoring on ``calib`` tokens (n, seq).
 
-    Returns a new model whose spec records what was removed (``spec.pruning``). ``stats``:
-    ``collect_stats(model, calib)`` computed once, to reuse across several configs."""
+    Returns a new model whose spec records what was removed (``spec.pruning``). ``cache``: an empty
+    dict to keep the unpruned model's calibration statistics and residual stream in, reused by later
+    calls with the same model and calibration tokens (the benchmark prunes one model many ways)."""
+    cache = {} if cache is None else cache
     spec = model.spec
     if not spec.is_moe and cfg.expert_options:
         plan_shapes(spec, cfg)  # raises the dense-model error
@@ -778,8 +792,9 @@ def prune(
             errors[k] = str(e)
     if not plans:
         raise ConfigError(f"no kind of structured pruning reaches this budget: {'; '.join(errors.values())}")
+    stats = cache.get("stats")
     if stats is None and calib is not None and (cfg.importance == "activation" or spec.is_moe):
-        stats = collect_stats(model, calib)
+        stats = cache["stats"] = collect_stats(model, calib)
     report: dict = {"config": {k: v for k, v in cfg.__dict__.items()}, "params_before": spec.param_count()}
     tried: dict[str, dict] = {}
     new, sel, kind = model, Selection(list(range(spec.n_layers))), "none"
@@ -799,11 +814,15 @@ def prune(
         report["kinds_tried"] = tried
         report["kinds_infeasible"] = errors
         if cfg.recovery == "lstsq":
-            recover(model, new, sel, calib)
+            if "stream" not in cache:
+                cache["stream"] = dense_stream(model, calib)
+            recover(model, new, sel, calib, cache["stream"])
     else:
         new = build(model, spec, sel)  # a copy: the caller's model stays as it was
     if cfg.sparsity:
-        st2 = collect_stats(new, calib) if cfg.importance == "activation" and calib is not None else None
+        st2 = None
+        if cfg.importance == "activation" and calib is not None:  # unpruned model: its stats still hold
+            st2 = stats if stats is not None and not structural else collect_stats(new, calib)
         sparsify(new, st2, cfg.importance)
     pruning = pruning_metadata(spec, new.spec, cfg, kind, sel, calib)
     final = new.spec.with_(pruning=pruning)

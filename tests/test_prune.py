@@ -289,3 +289,22 @@ def test_cli_prunes_to_a_loadable_dir(pruned_dir, tmp_path):
     assert r.exit_code == 0, r.output
     assert load_spec(out).ffn_dim == 64
     assert json.loads((out / "pruning.json").read_text())["params_after"] == load_spec(out).param_count()
+
+
+def test_cli_recipe_file(pruned_dir, tmp_path):
+    from edge.cli import main
+    from edge.model.load import load_spec
+
+    _, model_dir = pruned_dir
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("prune:\n  n_layers: 2\n  recovery: none\n  importance: magnitude\n")
+    r = CliRunner().invoke(
+        main, ["prune", "--model", str(model_dir), "--out", str(tmp_path / "o"), "--recipe", str(recipe)]
+    )
+    assert r.exit_code == 0, r.output
+    assert load_spec(tmp_path / "o").n_layers == 2
+    recipe.write_text("prune:\n  n_layer: 2\n")
+    r = CliRunner().invoke(
+        main, ["prune", "--model", str(model_dir), "--out", str(tmp_path / "p"), "--recipe", str(recipe)]
+    )
+    assert r.exit_code != 0 and "unknown keys ['n_layer']" in r.output
