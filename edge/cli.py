@@ -363,11 +363,24 @@ def simulate_cmd(model, target, recipe, runtime, prompt_len, gen_len, context, b
 @click.option("--runtime", default=None, help="Device runtime from the profile; default: the recipe's.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Package directory to write.")
 @click.option("--max-seq", default=512, show_default=True, help="KV cache slots of the exported programs.")
+@click.option("--auto", is_flag=True, help="Search pruning x quantization for the most accurate package "
+              "that meets the budgets (writes recipe.yaml, report.md, frontier.png, package/).")
+@click.option("--budget", "budgets", multiple=True, help="With --auto: e.g. 'decode_tok_s>=15' (repeatable); "
+              "default: the target's budgets.")
+@click.option("--finalists", default=1, show_default=True, help="With --auto: finalists built and validated.")
 @friendly
-def build_cmd(model, target, recipe, runtime, out, max_seq) -> None:
+def build_cmd(model, target, recipe, runtime, out, max_seq, auto, budgets, finalists) -> None:
     """Build a device package: artifacts, tokenizer, manifest.json, report.md."""
     from edge.build import BuildConfig, build
 
+    if auto:
+        from edge.search import auto_build
+
+        res = auto_build(model, target, out, budgets or None, build_finalists=finalists,
+                         progress=lambda m: click.echo(m, err=True))
+        click.echo(open(f"{out}/report.md").read())
+        click.echo(f"chosen: {res['chosen']['key']}; recipe: {out}/recipe.yaml")
+        return
     pkg = build(model, target, recipe, out, runtime, BuildConfig(max_seq=max_seq))
     click.echo((pkg / "report.md").read_text())
     click.echo(f"package: {pkg}")
