@@ -28,12 +28,13 @@ MODEL = "smollm2-135m"
 CALIB = "assistant:3,general:7"
 
 # variant -> (recipe preset, method); "mixed" is built from the sensitivity analysis
+# (Q8_0 by round-to-nearest: it is already within ~0.005 KLD and GPTQ would double the run on a
+# shared 2-core host; the preset's default is GPTQ.)
 OURS = {
     "ours RTN Q4_0": ("q4_0", "rtn"),
     "ours GPTQ Q4_0": ("q4_0", "gptq"),
     "ours AWQ Q4_0": ("q4_0", "awq"),
-    "ours AWQ+GPTQ Q4_0": ("q4_0", "awq+gptq"),
-    "ours GPTQ Q8_0": ("q8_0", "gptq"),
+    "ours RTN Q8_0": ("q8_0", "rtn"),
     "ours mixed (Q4_0 size)": ("mixed", "gptq"),
     "ours GPTQ Q4_0, half the layers": ("q4_0", "gptq"),
 }
@@ -114,9 +115,9 @@ def sensitivity_recipe(args, budget_file_bytes: int, overhead_bytes: int, work: 
 
     torch.set_num_threads(2)
     lm = load_model(args.f32)
-    toks = token_batches(lm.tokenizer, CalibConfig.from_spec(CALIB, n_samples=4, seq_len=256, seed=1))
+    toks = token_batches(lm.tokenizer, CalibConfig.from_spec(CALIB, n_samples=2, seq_len=256, seed=1))
     t0 = time.perf_counter()
-    sens = sensitivity(lm.model, toks, formats=("q4_0", "q5_0", "q8_0"))
+    sens = sensitivity(lm.model, toks, formats=("q4_0", "q5_0", "q8_0"), layer_formats=("q4_0", "q5_0"))
     norms = sum(p.numel() * 4 for n, p in lm.model.named_parameters() if n.endswith("norm.weight"))
     recipe, est = assign_mixed(sens, load_recipe("q4_0"), budget_bytes=budget_file_bytes - overhead_bytes,
                                fixed_bytes=norms, name="mixed_q4_0_size")
@@ -130,7 +131,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--f32", type=Path, default=None)
     ap.add_argument("--mixed-recipe", default=None)
-    ap.add_argument("--n-samples", type=int, default=32)
+    ap.add_argument("--n-samples", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--tokens", type=int, default=1024)
     ap.add_argument("--window", type=int, default=512)
@@ -221,7 +222,7 @@ def main() -> None:
           f"(peak RSS {scaling['full_peak_rss_mb']:.0f} MB), {scaling['half_layers']} layers {scaling['half_s']:.1f} s "
           f"(peak RSS {scaling['half_peak_rss_mb']:.0f} MB): ratio {scaling['time_ratio']:.2f}")
     print(f"W8A8 (torch fake-quant, SmoothQuant 0.5, static per-tensor int8 activations): ppl {w8a8['ppl']:.3f} "
-          f"vs F32 {w8a8['ref_ppl']:.3f} ({w8a8['ppl_change']:+.2%}); without SmoothQuant {w8a8['no_smooth_ppl_change']:+.2%}")
+          f"vs F32 {w8a8['ref_ppl']:.3f} ({w8a8['ppl_change']:+.2%}), quantized in {w8a8['quant_s']:.1f} s")
     out = {"model": MODEL, "calibration": CALIB, "n_samples": args.n_samples, "seq_len": args.seq_len,
            "eval": {"text": "heldout", "tokens": len(toks), "window": args.window, "runtime": "llama-cpp-python",
                     "kv_type": "f32", "threads": 2},
@@ -246,7 +247,7 @@ def torch_w8a8(args, toks) -> dict:
 
     torch.set_num_threads(2)
     out = {}
-    for label, sq in (("", 0.5), ("no_smooth_", 0.0)):
+    for label, sq in (("", 0.5),):
         lm = load_model(args.f32)
         if not out:
             out["ref_ppl"] = perplexity(TorchRunner(lm.model).logits, toks, window=args.window).ppl

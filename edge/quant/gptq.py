@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import torch
 
 from edge.errors import EdgeError
@@ -52,6 +53,7 @@ def gptq_quantize(w: torch.Tensor, h: torch.Tensor, fmt: Format, cfg: GPTQConfig
 
 def _gptq(w, h, fmt, cfg, name):
     w = w.detach().float().clone()
+    w0 = w.clone()
     rows, cols = w.shape
     h = h.double().clone()
     dead = torch.diag(h) == 0
@@ -100,4 +102,44 @@ def _gptq(w, h, fmt, cfg, name):
     inv = torch.argsort(perm)
     q_out, w_hat = q_out[:, inv], w_hat[:, inv]
     qt = QTensor(fmt, q_out.numpy(), d.float().numpy(), z.to(torch.int16).numpy(), {"method": "gptq"})
+    if cfg.refit_scales:
+        h0 = h[inv][:, inv]  # damped H in the original column order
+        qt = refit_scales(w0, qt, h0)
+        w_hat = torch.from_numpy(qt.dequantize())
     return qt, w_hat
+
+
+def refit_scales(w: torch.Tensor, qt: QTensor, h: torch.Tensor, rows_per_chunk: int = 32) -> QTensor:
+    """With the codes fixed, the per-group scales that minimise ||(W - W_hat) X||^2 exactly.
+
+    Per row r, W_hat_r = A_r d_r with A_r (cols, groups) holding (q - z) on each group's columns,
+    so d_r solves (A_r^T H A_r) d_r = A_r^T H w_r: a groups x groups system per row. Scales are
+    then rounded to the stored precision; a group whose solution is not finite keeps its scale.
+    """
+    fmt = qt.fmt
+    rows, cols = qt.codes.shape
+    g = fmt.group_size(cols)
+    G = cols // g
+    a_all = torch.from_numpy(qt.codes.astype(np.float32) - np.repeat(qt.zeros, g, axis=1).astype(np.float32))
+    hf = h.float()
+    w = w.float()
+    new_d = torch.from_numpy(qt.scales.copy())
+    for r0 in range(0, rows, rows_per_chunk):
+        a = a_all[r0 : r0 + rows_per_chunk]  # (R, cols)
+        R = a.shape[0]
+        m = (a[:, :, None] * hf[None] * a[:, None, :]).reshape(R, G, g, G, g).sum((2, 4))  # (R, G, G)
+        rhs = ((w[r0 : r0 + R] @ hf) * a).reshape(R, G, g).sum(-1)  # (R, G)
+        m = m + 1e-6 * m.diagonal(dim1=1, dim2=2).mean(-1)[:, None, None] * torch.eye(G)
+        sol = torch.linalg.solve(m.double(), rhs.double()[..., None])[..., 0].float()
+        ok = torch.isfinite(sol) & (a.reshape(R, G, g).abs().sum(-1) > 0)
+        new_d[r0 : r0 + R] = torch.where(ok, sol, new_d[r0 : r0 + R])
+    d = new_d.half().float() if fmt.scale_dtype == "f16" else new_d
+    out = QTensor(fmt, qt.codes, d.numpy(), qt.zeros, dict(qt.meta))
+    # keep the refit only where it lowers the layer-output error (fp16 rounding can undo tiny gains)
+    def row_err(t: QTensor) -> torch.Tensor:
+        dw = w - torch.from_numpy(t.dequantize())
+        return ((dw @ hf) * dw).sum(-1)
+
+    better = (row_err(out) < row_err(qt)).numpy()
+    out.scales = np.where(better[:, None], out.scales, qt.scales)
+    return out

@@ -39,13 +39,14 @@ class Sensitivity:
         return {"kl": self.kl, "params": self.params, "formats": list(self.formats), "tokens": self.tokens}
 
     def table(self) -> list[dict]:
-        return [{"unit": u, "params": self.params[u], **{f: self.kl[u].get(f) for f in self.formats}} for u in self.kl]
+        return [{"unit": u, "params": self.params[u], **{f: self.kl[u].get(f, float("nan")) for f in self.formats}}
+                for u in self.kl]
 
 
 def _unit_params(model, unit: str) -> list[tuple[str, nn.Parameter]]:
     params = dict(model.named_parameters())
     if unit == "output":
-        return [("lm_head.weight", params["lm_head.weight"])]
+        return [("lm_head.weight", model.lm_head.weight)]  # the embedding too when tied
     kind, _, rest = unit.partition(".")
     if kind == "layer":
         i = int(rest)
@@ -64,8 +65,12 @@ def _kl(ref_logp: torch.Tensor, logits: torch.Tensor) -> float:
 
 @torch.no_grad()
 def sensitivity(model, tokens, formats=("q4_0", "q5_0", "q8_0"), units: str = "layers",
-                progress=None) -> Sensitivity:
-    """KL per unit per format. units: "layers" (each decoder layer + output) or "classes"."""
+                progress=None, layer_formats: tuple[str, ...] | None = None) -> Sensitivity:
+    """KL per unit per format. units: "layers" (each decoder layer + output) or "classes".
+
+    ``layer_formats`` restricts the formats tried on layer/class units (the output head gets all
+    of ``formats``): each try is a partial forward pass, so fewer tries is proportionally faster.
+    """
     if model.spec.is_moe:
         raise ConfigError("sensitivity analysis of MoE models is not implemented; use a dense model")
     tokens = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
@@ -100,7 +105,7 @@ def sensitivity(model, tokens, formats=("q4_0", "q5_0", "q8_0"), units: str = "l
                                                                          else spec.n_layers)
         kl[unit] = {}
         saved = [p.detach().clone() for _, p in ps]
-        for f in formats:
+        for f in (formats if unit == "output" or layer_formats is None else layer_formats):
             fmt = get_format(f)
             for (name, p), w in zip(ps, saved):
                 check_shape(name, tuple(p.shape), fmt)
@@ -131,6 +136,8 @@ def assign_mixed(sens: Sensitivity, base: QuantRecipe, budget_bytes: float, fixe
         best = None
         for u, f in choice.items():
             for g in fmts[fmts.index(f) + 1:]:
+                if g not in sens.kl[u]:
+                    continue
                 extra = size(u, g) - size(u, f)
                 gain = sens.kl[u][f] - sens.kl[u][g]
                 if extra <= 0 or gain <= 0 or total + extra > budget_bytes:

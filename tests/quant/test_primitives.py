@@ -9,7 +9,15 @@ gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
 
 from edge.errors import ConfigError  # noqa: E402
-from edge.quant.primitives import FORMATS, check_shape, pack_gguf, rtn, search_params, quantize_with_params, unpack_gguf  # noqa: E402
+from edge.quant.primitives import (  # noqa: E402
+    FORMATS,
+    check_shape,
+    pack_gguf,
+    quantize_with_params,
+    rtn,
+    search_params,
+    unpack_gguf,
+)
 
 GGML = {"q4_0": gguf.GGMLQuantizationType.Q4_0, "q8_0": gguf.GGMLQuantizationType.Q8_0,
         "q5_0": gguf.GGMLQuantizationType.Q5_0}
