@@ -152,14 +152,21 @@ def test_save_refuses_to_overwrite(pruned_dir, builtin_tokenizer):
 
 
 # ---- MoE: expert pruning against transformers ----------------------------------------------------
-def tiny_mixtral():
+def tiny_moe(arch: str = "mixtral"):
+    """A random transformers Mixtral, or a Qwen2-MoE with a gated shared expert and a dense layer 0."""
     import transformers
 
-    cfg = transformers.MixtralConfig(
+    common = dict(
         vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=48, num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=128,
-        rms_norm_eps=1e-6, tie_word_embeddings=False,
+        max_position_embeddings=128, rms_norm_eps=1e-6, tie_word_embeddings=False, num_experts_per_tok=2,
     )  # fmt: skip
+    if arch == "mixtral":
+        cfg = transformers.MixtralConfig(**common, intermediate_size=48, num_local_experts=8)
+    else:
+        cfg = transformers.Qwen2MoeConfig(
+            **common, intermediate_size=96, moe_intermediate_size=32, shared_expert_intermediate_size=80,
+            num_experts=8, norm_topk_prob=False, mlp_only_layers=[0],
+        )  # fmt: skip
     torch.manual_seed(0)
     hf = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
     with torch.no_grad():
@@ -191,7 +198,7 @@ def without_experts(hf, keep: dict[int, list[int]]):
 def test_moe_expert_pruning_matches_transformers(tmp_path, score):
     from edge.model.hf import load_hf_checkpoint
 
-    hf = tiny_mixtral()
+    hf = tiny_moe()
     hf.save_pretrained(tmp_path / "full")
     model, spec = load_hf_checkpoint(tmp_path / "full")
     res = prune(model, PruneConfig(n_experts=6, expert_score=score, recovery="none"), calib(128))
@@ -206,13 +213,14 @@ def test_moe_expert_pruning_matches_transformers(tmp_path, score):
     assert res.spec.param_count() == sum(p.numel() for p in ref.parameters())
 
 
-def test_moe_saved_dir_loads_in_transformers_and_lower_top_k(tmp_path):
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe"])
+def test_moe_saved_dir_loads_in_transformers_and_lower_top_k(tmp_path, arch):
     import transformers
 
     from edge.model.hf import load_hf_checkpoint
     from edge.model.save import save_model
 
-    hf = tiny_mixtral()
+    hf = tiny_moe(arch)
     hf.save_pretrained(tmp_path / "full")
     model, _ = load_hf_checkpoint(tmp_path / "full")
     res = prune(model, PruneConfig(n_experts=6, n_experts_per_tok=1, recovery="none"), calib(128))
@@ -308,3 +316,18 @@ def test_cli_recipe_file(pruned_dir, tmp_path):
         main, ["prune", "--model", str(model_dir), "--out", str(tmp_path / "p"), "--recipe", str(recipe)]
     )
     assert r.exit_code != 0 and "unknown keys ['n_layer']" in r.output
+
+
+def test_pruned_model_runs_in_llama_cpp(pruned_dir, tmp_path):
+    """The pruned shapes (fewer layers, heads and channels) export to GGUF and llama.cpp computes our logits."""
+    from edge.export.gguf import export_gguf
+    from edge.model.load import builtin_path
+    from edge.runtime.llamacpp import LlamaCppRunner
+
+    res, _ = pruned_dir
+    path = export_gguf(res.model, None, tmp_path / "p.gguf", tokenizer_gguf=builtin_path("smollm2-135m"))
+    x = calib(res.spec.vocab_size, 1, 16)[0].tolist()
+    got = LlamaCppRunner(path, n_ctx=64, n_threads=1, kv_type="f32").logits(x)
+    with torch.no_grad():
+        want = res.model(torch.tensor([x]))[0].numpy()
+    assert np.abs(got - want).max() <= 1e-3
