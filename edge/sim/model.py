@@ -11,6 +11,8 @@ costs 2*T*rows*cols. Attention of T new tokens over positions p costs 4*q_dim*p 
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 from edge.model.spec import ModelSpec
@@ -30,8 +32,10 @@ class Tensor:
     expert: bool = False
 
 
-def weight_tensors(spec: ModelSpec) -> list[Tensor]:
-    """Every weight tensor of the model. A tied embedding appears once, as 'output'."""
+@functools.lru_cache(maxsize=64)
+def weight_tensors(spec: ModelSpec) -> tuple[Tensor, ...]:
+    """Every weight tensor of the model. A tied embedding appears once, as 'output'. (Memoized: the
+    simulator asks once per decode step.)"""
     d, q, kv = spec.dim, spec.q_dim, spec.kv_dim
     out = [Tensor("output" if spec.tie_embeddings else "embedding", -1, spec.vocab_size, d)]
     if not spec.tie_embeddings:
@@ -55,7 +59,7 @@ def weight_tensors(spec: ModelSpec) -> list[Tensor]:
         else:
             f = spec.ffn_dim
             out += [Tensor("ffn_gate", i, f, d), Tensor("ffn_up", i, f, d), Tensor("ffn_down", i, d, f)]
-    return out
+    return tuple(out)
 
 
 def expected_distinct_experts(n_experts: int, top_k: int, routed_tokens: int) -> float:

@@ -1,0 +1,85 @@
+"""The budget-driven search: cost pass on the simulator, measured quality proxy, infeasible budgets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from edge.cli import main
+from edge.errors import BudgetFailed, ConfigError
+from edge.search import SearchSpace, auto_build, require_feasible, search
+
+DENSE_8B = "examples/deepseek-8b/dense-8b/config.json"
+MOE_8B = "examples/deepseek-8b/moe-8x-top2/config.json"
+SMALL = SearchSpace(prune_ratios=(0.0, 0.3), quant=("q8_0", "q4_0"), kv_cache=("fp16",))
+
+
+def test_cost_only_search_on_a_config_meets_budgets_and_prefers_more_bits():
+    res = search(MOE_8B, "snapdragon-8gen2", budgets=["decode_tok_s>=15"], space=SMALL)
+    assert not res.quality_measured  # a config.json alone: cost only, and it says so
+    c = require_feasible(res)
+    assert c.meets_budgets and c.figure("decode_tok_s") >= 15 and c.sim.fits
+    # every feasible candidate with less pruning or more bits would have been preferred
+    for o in res.feasible():
+        assert (o.prune_ratio, o.quant != "q8_0") >= (c.prune_ratio, c.quant != "q8_0")
+
+
+def test_infeasible_budget_names_the_budget_the_shortfall_and_the_closest_candidate():
+    res = search(DENSE_8B, "snapdragon-8gen2", budgets=["decode_tok_s>=15"], space=SMALL)
+    assert res.chosen is None
+    with pytest.raises(BudgetFailed) as e:
+        require_feasible(res)
+    msg = str(e.value)
+    assert "decode_tok_s>=15 is infeasible" in msg and "closest candidate" in msg
+    assert "\n" not in msg
+
+
+def test_search_rejects_bad_space_and_budget():
+    with pytest.raises(ConfigError, match="unknown"):
+        SearchSpace(quant=("q3_xx",))
+    with pytest.raises(ConfigError, match="must be in"):
+        SearchSpace(prune_ratios=(1.5,))
+    with pytest.raises(ConfigError, match="NAME OP VALUE"):
+        search(MOE_8B, "snapdragon-8gen2", budgets=["fast please"], space=SMALL)
+
+
+def test_quality_proxy_ranks_q8_above_q4_and_is_cached(tmp_path, monkeypatch, builtin):
+    from tests.model.test_hf_cli import make_checkpoint
+
+    monkeypatch.setenv("EDGE_CACHE", str(tmp_path / "cache"))
+    ckpt = tmp_path / "tiny"
+    make_checkpoint(ckpt, builtin)
+    space = SearchSpace(prune_ratios=(0.0,), quant=("q8_0", "q4_0"), kv_cache=("fp16",), runtimes=("llama.cpp",))
+    res = search(str(ckpt), "snapdragon-8gen2", budgets=["decode_tok_s>=15"], space=space)
+    assert res.quality_measured and res.stats["quality_evaluations"] == 2
+    by_quant = {c.quant: c for c in res.candidates}
+    assert 0 <= by_quant["q8_0"].kld < by_quant["q4_0"].kld
+    assert res.chosen.quant == "q8_0"
+    assert [c.key for c in res.frontier("decode_tok_s")]  # both ends of the trade-off are on it
+    again = search(str(ckpt), "snapdragon-8gen2", budgets=["decode_tok_s>=15"], space=space)
+    assert again.stats["quality_evaluations"] == 0 and again.chosen.kld == res.chosen.kld
+
+
+def test_auto_build_cost_only_writes_recipe_report_and_plot(tmp_path):
+    out = tmp_path / "auto"
+    summary = auto_build(MOE_8B, "snapdragon-8gen2", out, ["decode_tok_s>=15"], SMALL, progress=None)
+    assert summary["chosen"]["measured"] is None and "cost-only" in summary["chosen"]["note"]
+    assert (out / "frontier.png").stat().st_size > 10_000
+    assert "Cost only" in (out / "report.md").read_text()
+    import yaml
+
+    doc = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert doc["quant"]["base"] in ("q8_0", "q4_0") and doc["runtime"]
+    assert json.loads((out / "search.json").read_text())["chosen"]["meets_budgets"]
+
+
+def test_cli_auto_build_infeasible_exits_nonzero_with_one_line(tmp_path):
+    res = CliRunner().invoke(main, ["build", "--auto", "--model", DENSE_8B, "--target", "snapdragon-8gen2",
+                                    "--budget", "decode_tok_s>=15", "--budget", "peak_memory_bytes<=3GB",
+                                    "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1
+    last = [l for l in res.output.splitlines() if l.startswith("error: ")]
+    assert len(last) == 1 and "infeasible" in last[0] and "closest candidate" in last[0]
+    assert (tmp_path / "o" / "report.md").exists()  # the report says why, even on failure
