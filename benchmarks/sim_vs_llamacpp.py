@@ -66,7 +66,12 @@ def wait_for_quiet(max_load: float, deadline: float) -> float:
     under 4x oversubscription llama.cpp's spinning threads run 10-50x slower) or the deadline passes."""
     while os.getloadavg()[0] >= max_load and time.time() < deadline:
         time.sleep(10)
+    if os.getloadavg()[0] >= max_load and wait_for_quiet.strict:
+        sys.exit(f"no quiet moment (1-minute load < {max_load}) before the deadline: not measuring")
     return os.getloadavg()[0]
+
+
+wait_for_quiet.strict = False
 
 
 def measure_all(files: dict[str, Path], reps: int, workloads: list[tuple[int, int]],
@@ -151,7 +156,7 @@ def fit(measured: list[dict], target: str) -> list[dict]:
     return rows
 
 
-def efficiency_yaml(rows: list[dict], date: str) -> str:
+def efficiency_yaml(rows: list[dict], source: str) -> str:
     recipes = {"F32": "[fp32, fp16, bf16]", "Q8_0": "[q8_0]", "Q4_0": "[q4_0, q4_k_m]"}
     out = []
     for r in rows:
@@ -163,8 +168,8 @@ def efficiency_yaml(rows: list[dict], date: str) -> str:
     decode_compute: {min(r['decode_compute'], 1):.3f}
     prefill_compute: {min(r['prefill_compute'], 1):.3f}
     bandwidth_of: measured
-    fitted_to: ["llama-cpp-python 0.3.36, 2 threads, built-in model {r['format']}, prompt 128 / 64 generated ({date}):
-      prefill {m['prefill_tok_s']:.0f} tok/s, decode {m['decode_tok_s']:.1f} tok/s (median); decode bandwidth from F32"]
+    fitted_to: ["{source}, built-in model {r['format']}, prompt 128 / 64 generated: prefill
+      {m['prefill_tok_s']:.0f} tok/s, decode {m['decode_tok_s']:.1f} tok/s; decode bandwidth from the F32 row"]
 """)
     return "".join(out)
 
@@ -178,8 +183,33 @@ def apply(fit_json: str, probe_json: str, profile: str) -> None:
     name = Path(profile).stem
     Path(profile).write_text(profile_yaml(m, name=name))  # the probe's figures first: the fit reads them
     rows = fit(f["measured"], name)
-    Path(profile).write_text(profile_yaml(m, name=name, efficiency=efficiency_yaml(rows, f["meta"]["date"])))
+    Path(profile).write_text(profile_yaml(m, name=name, efficiency=efficiency_yaml(rows, f["meta"].get("source") or f"llama-cpp-python, 2 threads, {f['meta']['date']}")))
     print("wrote", profile)
+
+
+def write_markdown(out: dict, path: Path) -> None:
+    meta = out["meta"]
+    lines = [
+        "# llama.cpp on this host: measured vs the simulator (`host-x86-2core`)",
+        "",
+        f"Measured {meta['date']} by `benchmarks/sim_vs_llamacpp.py`: llama-cpp-python, {meta['threads']} threads, "
+        f"the built-in SmolLM2-135M at F32/Q8_0/Q4_0, median of {meta['reps']} interleaved repetitions after a "
+        f"warm-up (1-minute load average at the start of each round: "
+        f"{', '.join(f'{x:.1f}' for x in meta['load_avg_at_round_start'])}). The efficiency rows were fitted on a "
+        "separate run at 128/64 (`--fit`); the 512/32 rows were never fitted.",
+        "",
+        "| format | prompt/gen | prefill pred | measured (best) | error | decode pred | measured (best) | error | binding |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in out["rows"]:
+        p, m, e = r["predicted"], r["measured"], r["error"]
+        lines.append(f"| {r['format']} | {r['prompt_len']}/{r['gen_len']} | {p['prefill_tok_s']:.0f} | "
+                     f"{m['prefill_tok_s']:.0f} ({m['prefill_best']:.0f}) | {e['prefill_tok_s']:+.1%} | "
+                     f"{p['decode_tok_s']:.1f} | {m['decode_tok_s']:.1f} ({m['decode_best']:.1f}) | "
+                     f"{e['decode_tok_s']:+.1%} | {p['prefill_binding']} / {p['decode_binding']} |")
+    lines += ["", f"Worst error {out['max_abs_error']:.1%} (goal: 15%)."]
+    path.write_text("\n".join(lines) + "\n")
+    print("wrote", path)
 
 
 def main() -> None:
@@ -189,6 +219,7 @@ def main() -> None:
     ap.add_argument("--cache", default=os.path.expanduser("~/.cache/edge/bench"))
     ap.add_argument("--max-load", type=float, default=2.0, help="wait for a 1-minute load average below this")
     ap.add_argument("--max-wait", type=float, default=3600, help="seconds to wait for quiet in all, then measure anyway")
+    ap.add_argument("--strict", action="store_true", help="give up instead of measuring on a busy host")
     ap.add_argument("--fit", action="store_true", help="fit efficiency rows to this run instead of comparing")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/sim_vs_llamacpp.json"))
     ap.add_argument("--apply", nargs=2, metavar=("FIT_JSON", "PROBE_JSON"),
@@ -197,6 +228,7 @@ def main() -> None:
     if args.apply:
         return apply(*args.apply, str(ROOT / "targets" / f"{args.target}.yaml"))
 
+    wait_for_quiet.strict = args.strict
     files = make_ggufs(Path(args.cache))
     measured = measure_all(files, args.reps, WORKLOADS[:1] if args.fit else WORKLOADS, args.max_load,
                            time.time() + args.max_wait)
@@ -226,6 +258,7 @@ def main() -> None:
         worst = max(abs(v) for r in rows for v in r["error"].values())
         out["max_abs_error"] = worst
         print(f"worst error {worst:.1%} (goal 15%)")
+        write_markdown(out, Path(args.out).with_suffix(".md"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     print("wrote", args.out)

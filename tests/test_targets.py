@@ -129,6 +129,6 @@ def test_probe_writes_a_valid_profile():
          "bandwidth": 2e10, "fp32_ops": 7e10, "int8_ops": 0.0}
     t = parse_profile(yaml.safe_load(profile_yaml(m, name="probed")), "probed.yaml")
     assert t.memory.measured_bandwidth == pytest.approx(2e10)
-    assert t.units["cpu"].peak["int8"] == pytest.approx(1.4e11)  # no onnxruntime: 2x fp32, an estimate
+    assert t.units["cpu"].peak["fp32"] == pytest.approx(2 * 2.1e9 * 32)  # AVX2 FMA ceiling, an estimate
     assert t.provenance["units.cpu.peak.int8"].startswith("estimate")
     assert t.runtime_for("q4_0").name == "llama.cpp"
