@@ -345,6 +345,26 @@ class QualityOracle:
         return val
 
 
+def quality_pairs(feasible: list[Candidate], space: SearchSpace) -> list[tuple[float, str]]:
+    """The (pruning ratio, quantization) pairs whose quality is measured.
+
+    Every unpruned preset is measured (the anchors of the frontier). A pruned pair is measured only
+    when its preset is infeasible unpruned, and then only at the smallest ratio that meets the
+    budgets: pruning does not improve a model's agreement with its unpruned self, so a larger ratio
+    of the same preset cannot win. This bounds the expensive part (pruning with calibration and
+    recovery) to the ratios the budgets force.
+    """
+    pairs = {(0.0, q) for q in space.quant}
+    feasible_keys = {c.quality_key for c in feasible}
+    for q in space.quant:
+        if (0.0, q) in feasible_keys:
+            continue
+        ratios = sorted(r for r, qq in feasible_keys if qq == q)
+        if ratios:
+            pairs.add((ratios[0], q))
+    return sorted(pairs)
+
+
 def _cost_only_rank(c: Candidate) -> tuple:
     """Without weights: prefer less pruning, then more bits per weight, then speed."""
     bits = load_cost_recipe(c.quant).nominal_bits()
@@ -381,8 +401,7 @@ def search(model: str, target: str | TargetProfile, budgets: Sequence[str] | Non
 
     oracle = None
     if measure_quality:
-        # quality for every feasible pair, plus the unpruned fixed recipes (the frontier's anchors)
-        pairs = sorted({c.quality_key for c in feasible} | {(0.0, q) for q in space.quant})
+        pairs = quality_pairs(feasible, space)
         oracle = QualityOracle(model, prune_kind=resolve_kind(spec, space.prune_kind))
         for i, (ratio, quant) in enumerate(pairs):
             kld, top1 = oracle.kld(ratio, quant)
@@ -391,7 +410,7 @@ def search(model: str, target: str | TargetProfile, budgets: Sequence[str] | Non
                     c.kld, c.top1 = kld, top1
             if progress:
                 progress(i + 1, len(pairs))
-        ranked = sorted(feasible, key=lambda c: (c.kld, -c.figure("decode_tok_s")))
+        ranked = sorted((c for c in feasible if c.kld is not None), key=lambda c: (c.kld, -c.figure("decode_tok_s")))
     else:
         ranked = sorted(feasible, key=_cost_only_rank)
     # one finalist per (pruning, quantization) pair: KV type and runtime are picked by speed
@@ -566,7 +585,8 @@ def auto_build(model: str, target: str, out: str | Path, budgets: Sequence[str] 
         lm = load_model(model)
         ranked = [c for c in res.finalists]
         # fill up with further feasible candidates a host writer can produce
-        for c in sorted(res.feasible(), key=lambda c: (c.kld, -c.figure("decode_tok_s"))):
+        for c in sorted((c for c in res.feasible() if c.kld is not None),
+                        key=lambda c: (c.kld, -c.figure("decode_tok_s"))):
             if len(ranked) >= build_finalists + 4:
                 break
             if c not in ranked:
