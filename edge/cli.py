@@ -484,5 +484,69 @@ def cache_clear(stage: str | None) -> None:
     click.echo(f"removed {c.clear(stage)} entries from {c.root}")
 
 
+@main.command("matrix")
+@click.option("--models", default=None, help="Comma-separated model names or paths.")
+@click.option("--targets", default=None, help="Comma-separated target profile names.")
+@click.option("--recipes", default=None, help="Comma-separated recipes ('default': each target's own).")
+@click.option("--file", "matrix_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML matrix file (models:, targets:, recipes:, ...) instead of the lists.")
+@click.option("--address", default=None, help="Ray cluster address (host:port, ray://host:port, auto); default: a local Ray.")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Directory for the packages and summary (default builds/).")
+@click.option("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default 2).")
+@click.option("--max-seq", type=int, default=None, help="KV cache slots of the exported programs.")
+@click.option("--dry-run", is_flag=True, help="Check and simulate every entry; export nothing.")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def matrix_cmd(models, targets, recipes, matrix_file, address, out, num_cpus, max_seq, dry_run, as_json) -> None:
+    """Build every (model, target, recipe) as a Ray task; summary table + JSON in --out; exit 1 if any failed."""
+    from pathlib import Path
+
+    from edge.errors import BudgetFailed, ConfigError
+    from edge.matrix import Matrix, load_matrix_file, run_matrix
+
+    opts = {"max_seq": max_seq} if max_seq else {}
+    over = dict(address=address, out=Path(out) if out else None, num_cpus=num_cpus,
+                builder="plan" if dry_run else None, build_options=opts or None)
+    if matrix_file:
+        m = load_matrix_file(matrix_file, **over)
+    else:
+        if not (models and targets):
+            raise ConfigError("give --models and --targets (comma-separated), or --file matrix.yaml")
+        split = lambda s: tuple(x.strip() for x in s.split(",") if x.strip())  # noqa: E731
+        m = Matrix(models=split(models), targets=split(targets), recipes=split(recipes or "default"),
+                   **{k: v for k, v in over.items() if v is not None})
+    s = run_matrix(m, progress=(lambda line: None) if as_json else click.echo)
+    if as_json:
+        echo_json(s.to_dict())
+    else:
+        click.echo(s.table())
+        click.echo(f"{s.ok}/{len(s.rows)} builds ok in {s.wall_s:.1f} s; summary: {m.out / 'summary.json'}")
+    if s.ok < len(s.rows):
+        raise BudgetFailed(f"{len(s.rows) - s.ok} of {len(s.rows)} builds failed")
+
+
+@main.command("stream")
+@click.option("--model", "model", required=True, type=click.Path(file_okay=False), help="HF checkpoint directory.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="GGUF file to write.")
+@click.option("--tokenizer-gguf", required=True, help="GGUF (or built-in model name) to copy tokenizer metadata from.")
+@click.option("--weights", default="q4_0", show_default=True, help="q4_0, q5_0 or q8_0.")
+@click.option("--method", default="awq", show_default=True, help="awq (calibrated) or rtn.")
+@click.option("--calib", default="general:1", show_default=True, help="Calibration mix NAME[:WEIGHT],...")
+@click.option("--json", "as_json", is_flag=True)
+@friendly
+def stream_cmd(model, out, tokenizer_gguf, weights, method, calib, as_json) -> None:
+    """Quantize a checkpoint larger than memory to GGUF, one layer at a time."""
+    from edge.model.load import BUILTIN_MODELS, builtin_path
+    from edge.stream import StreamConfig, stream_to_gguf
+
+    tok = builtin_path(tokenizer_gguf) if tokenizer_gguf in BUILTIN_MODELS else tokenizer_gguf
+    rep = stream_to_gguf(model, out, StreamConfig(weights=weights, method=method, calib=calib), tokenizer_gguf=tok,
+                         progress=(lambda line: None) if as_json else click.echo)
+    if as_json:
+        return echo_json(rep)
+    click.echo(f"{out}: {rep['bytes'] / 2**30:.2f} GiB in {rep['seconds']:.0f} s, peak RSS "
+               f"{rep['peak_rss_bytes'] / 2**30:.2f} GiB")
+
+
 if __name__ == "__main__":
     main()

@@ -19,13 +19,11 @@ def ckpt(tmp_path_factory):
     return d
 
 
-@pytest.fixture(scope="module")
-def tok_gguf(tmp_path_factory):
+def byte_tokenizer_gguf(path):
     """A tokenizer-only GGUF: GPT-2 byte-level BPE over the 256 byte symbols and one merge."""
     import gguf
     from tokenizers import pre_tokenizers
 
-    path = tmp_path_factory.mktemp("tok") / "bytes.gguf"
     w = gguf.GGUFWriter(str(path), arch="llama")
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
@@ -39,6 +37,11 @@ def tok_gguf(tmp_path_factory):
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+@pytest.fixture(scope="module")
+def tok_gguf(tmp_path_factory):
+    return byte_tokenizer_gguf(tmp_path_factory.mktemp("tok") / "bytes.gguf")
 
 
 def test_lazy_reader_matches_safetensors(ckpt):
