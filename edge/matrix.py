@@ -300,6 +300,9 @@ def run_matrix(m: Matrix, progress: Callable[[str], None] = print) -> Summary:
             if m.address:
                 ray.init(address=m.address, log_to_driver=False)
             else:
+                # Ray nices its workers (15) by default; on a build machine shared with other work that
+                # starves the builds this command exists to run. A user's own setting wins.
+                os.environ.setdefault("RAY_worker_niceness", "0")
                 ray.init(num_cpus=m.num_cpus, include_dashboard=False, log_to_driver=False,
                          configure_logging=False)
     except Exception as e:
