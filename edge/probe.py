@@ -190,16 +190,15 @@ def profile_yaml(m: dict, name: str = "host", efficiency: str | None = None) -> 
     caches = "\n".join(f"    {k}: {_g(v, 'KiB', 1024)}" for k, v in cpu["caches"].items())
     clock = cpu["mhz"] or 1000.0
     fp32_peak, int8_peak, feat = theoretical_peaks(m)
-    eff = efficiency or """\
-  - runtime: llama.cpp
+    eff = efficiency or "".join(f"""\
+  - runtime: {rt}
     compute_dtype: fp32
     decode_bandwidth: 0.8
-    decode_compute: 0.5
-    prefill_compute: 0.5
+    decode_compute: 0.3
+    prefill_compute: 0.3
     bandwidth_of: measured
-    overhead_per_layer: 20 us
     estimate: a probed machine starts from round numbers; fit them with benchmarks/sim_vs_llamacpp.py
-"""
+""" for rt in ("llama.cpp", "executorch-xnnpack", "onnxruntime"))
     return f"""\
 # Written by `edge targets probe` on {m['date']}: every figure below was measured on this machine
 # unless marked as an estimate. Re-run the probe rather than editing figures by hand.
@@ -241,7 +240,20 @@ runtimes:
     recipes: [fp32, fp16, bf16, q8_0, q4_0, q4_k_m]
     threads: {m['cores']}
     overhead: {{value: 30 MB, estimate: "llama.cpp context and scratch beside the compute buffer"}}
+  executorch-xnnpack:
+    unit: cpu
+    formats: [pte]
+    recipes: [fp32, 8da4w, w8a8]
+    threads: {m['cores']}
+    # static KV cache, but ExecuTorch's custom_sdpa attends only to the filled positions
+    overhead: {{value: 30 MB, estimate: "runtime and planned memory beside the weights"}}
+  onnxruntime:
+    unit: cpu
+    formats: [onnx]
+    recipes: [fp32, w8a8]
+    threads: {m['cores']}
+    overhead: {{value: 50 MB, estimate: "session arena"}}
 defaults:
-  runtime: {{"*": llama.cpp}}
+  runtime: {{"8da4w": executorch-xnnpack, "w8a8": onnxruntime, "*": llama.cpp}}
 efficiency:
 {eff}"""
