@@ -309,7 +309,9 @@ def run_matrix(m: Matrix, progress: Callable[[str], None] = print) -> Summary:
         raise MatrixError(f"cannot start Ray {'at ' + m.address if m.address else 'locally'}: {one_line(e)}") from e
     summary = Summary(address=m.address or "local")
     try:
-        task = ray.remote(num_cpus=m.cpus_per_build, max_retries=0)(build_cached)
+        # build_cached returns failures as rows; retries only re-run a worker that died (OOM-killed by Ray's
+        # memory monitor on a crowded host, segfault)
+        task = ray.remote(num_cpus=m.cpus_per_build, max_retries=2)(build_cached)
         jobs = m.jobs()
         pending = {task.remote(j, str(out), m.builder, m.cache_root, m.build_options, m.code_key): j for j in jobs}
         progress(f"matrix: {len(jobs)} builds ({len(m.models)} models x {len(m.targets)} targets x "
