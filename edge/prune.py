@@ -41,7 +41,7 @@ from edge.model.spec import ModelSpec
 
 KINDS = ("auto", "mlp", "attn", "mlp+attn", "depth", "experts")
 IMPORTANCE = ("activation", "magnitude")
-RECOVERY = ("lstsq", "none")
+RECOVERY = ("lstsq", "lstsq-stream", "none")
 EXPERT_SCORES = ("contribution", "frequency")
 SPARSITY = ("", "2:4")
 # kinds `auto` tries, in order, for a dense and for an MoE model
@@ -571,14 +571,19 @@ def build(model, spec: ModelSpec, sel: Selection):
 
 
 # ---- recovery: least-squares refit of o_proj and down_proj ---------------------------------------
-def solve_ridge(xtx, xty, damp: float | None = None):
-    """argmin_W ||X W^T - Y||^2 + damp * mean(diag(X^T X)) ||W||^2 from X^T X (k, k) and X^T Y (k, out)."""
+def solve_ridge(xtx, xty, w0, damp: float | None = None):
+    """argmin_W ||X W^T - Y||^2 + lam ||W - w0||^2 from X^T X (k, k), X^T Y (k, out) and w0 (out, k).
+
+    lam = damp * mean(diag(X^T X)). The ridge pulls towards the weights before the refit, not towards
+    zero: a few channels carry most of the activation energy (massive activations), so a lam sized by
+    them would crush every other channel's weights if it pulled towards zero."""
     import torch
 
     k = xtx.shape[0]
     damp = LSTSQ_DAMP if damp is None else damp
     lam = damp * float(xtx.diagonal().mean()) + 1e-12
-    return torch.linalg.solve(xtx + lam * torch.eye(k, dtype=xtx.dtype), xty).T  # (out, k)
+    rhs = xty + lam * w0.double().T
+    return torch.linalg.solve(xtx + lam * torch.eye(k, dtype=xtx.dtype), rhs).T  # (out, k)
 
 
 def dense_stream(dense, calib: np.ndarray, batch: int = 8) -> list:
@@ -605,18 +610,29 @@ def dense_stream(dense, calib: np.ndarray, batch: int = 8) -> list:
 
 
 def recover(
-    dense, pruned, sel: Selection, calib: np.ndarray, stream: list | None = None, batch: int = 8
+    dense,
+    pruned,
+    sel: Selection,
+    calib: np.ndarray,
+    stream: list | None = None,
+    batch: int = 8,
+    target: str = "layer",
 ) -> None:
-    """Refit every kept layer's o_proj and down_proj, in order, by ridge least squares, so that the
-    pruned model's residual stream after each half-layer matches the unpruned model's.
+    """Refit every kept layer's o_proj and down_proj, in order, by ridge least squares on the inputs
+    the pruned model itself feeds them (shapes (n, T, dim)). Two targets:
 
-    The inputs are what the pruned model itself feeds each projection; the targets are the unpruned
-    residual stream (``dense_stream``), so a refit also corrects the error left by earlier layers, and
-    the MLP of the layer before a removed one absorbs what the removed layer did. Shapes: (n, T, dim).
+    * ``layer``: what the unpruned layer computes on the same input. Kept channels and heads see the
+      same values as before, so the refit folds the removed channels' contribution into the kept
+      ones (W' = W_kept + W_removed * regression of removed on kept activations); a layer before a
+      removed one also absorbs the removed layers' residual update.
+    * ``stream``: the unpruned model's residual stream (``dense_stream``), which also asks each
+      refit to undo the drift left by earlier layers. Fits calibration text harder, generalises worse
+      (benchmarks/prune.py).
     """
     import torch
 
-    stream = stream if stream is not None else dense_stream(dense, calib, batch)
+    if target == "stream" and stream is None:
+        stream = dense_stream(dense, calib, batch)
     t = torch.as_tensor(np.asarray(calib), dtype=torch.long)
     n, T = t.shape
     chunks = [slice(b, min(b + batch, n)) for b in range(0, n, batch)]
@@ -625,23 +641,44 @@ def recover(
     with torch.no_grad():
         x_p = pruned.embed_tokens(t)  # (n, T, dim): the pruned model's residual stream
         for i, j in enumerate(sel.layers):
-            P = pruned.layers[i]
-            h_d = stream[j][1]  # unpruned stream after layer j's attention
-            x_next = stream[sel.layers[i + 1] if i + 1 < len(sel.layers) else len(stream) - 1][0]
-            # attention half: o_proj's inputs z (B, T, q_dim) -> the unpruned stream after attention
-            with inputs_of(P.self_attn.o_proj) as z:
-                for c in chunks:
-                    P.self_attn(P.input_layernorm(x_p[c]), cos, sin, mask, None)
-            refit(P.self_attn.o_proj, z, [h_d[c] - x_p[c] for c in chunks])
-            h_p = x_p + torch.cat([P.self_attn.o_proj(zc) for zc in z])
-            # MLP half: down_proj's inputs (B, T, ffn) -> the unpruned stream at the next kept layer's input
-            if not hasattr(P.mlp, "down_proj"):  # MoE layers keep their experts as they are
+            P, D = pruned.layers[i], dense.layers[j]
+            removed_after = range(
+                j + 1, sel.layers[i + 1] if i + 1 < len(sel.layers) else dense.spec.n_layers
+            )
+            # attention half: o_proj's inputs z (B, T, q_dim)
+            if target == "stream" or j in sel.heads:
+                with inputs_of(P.self_attn.o_proj) as z:
+                    for c in chunks:
+                        P.self_attn(P.input_layernorm(x_p[c]), cos, sin, mask, None)
+                if target == "stream":
+                    tgt = [stream[j][1][c] - x_p[c] for c in chunks]
+                else:
+                    tgt = [D.self_attn(D.input_layernorm(x_p[c]), cos, sin, mask, None) for c in chunks]
+                refit(P.self_attn.o_proj, z, tgt)
+                h_p = x_p + torch.cat([P.self_attn.o_proj(zc) for zc in z])
+            else:  # heads untouched: the layer-target refit would return the same weights
+                h_p = torch.cat(
+                    [x_p[c] + P.self_attn(P.input_layernorm(x_p[c]), cos, sin, mask, None) for c in chunks]
+                )
+            # MLP half: down_proj's inputs (B, T, ffn)
+            mlp_changed = j in sel.channels or len(removed_after) > 0
+            if not hasattr(P.mlp, "down_proj") or (target == "layer" and not mlp_changed):
                 x_p = torch.cat([h_p[c] + P.mlp(P.post_attention_layernorm(h_p[c])) for c in chunks])
                 continue
             with inputs_of(P.mlp.down_proj) as u:
                 for c in chunks:
                     P.mlp(P.post_attention_layernorm(h_p[c]))
-            refit(P.mlp.down_proj, u, [x_next[c] - h_p[c] for c in chunks])
+            if target == "stream":
+                x_next = stream[sel.layers[i + 1] if i + 1 < len(sel.layers) else len(stream) - 1][0]
+                tgt = [x_next[c] - h_p[c] for c in chunks]
+            else:
+                tgt = []
+                for c in chunks:
+                    y = h_p[c] + D.mlp(D.post_attention_layernorm(h_p[c]))
+                    for r in removed_after:  # fold the removed layers' update into this MLP
+                        y = dense.layers[r](y, cos, sin, mask, None)
+                    tgt.append(y - h_p[c])
+            refit(P.mlp.down_proj, u, tgt)
             x_p = h_p + torch.cat([P.mlp.down_proj(uc) for uc in u])
 
 
@@ -666,7 +703,7 @@ def refit(linear, inputs: list, targets: list) -> None:
         # products in fp32 (a chunk is a few thousand rows), sums over chunks in fp64
         xtx = xtx + (x.T @ x).double()
         xty = xty + (x.T @ y).double()
-    linear.weight.copy_(solve_ridge(xtx, xty).to(linear.weight.dtype))
+    linear.weight.copy_(solve_ridge(xtx, xty, linear.weight).to(linear.weight.dtype))
 
 
 # ---- 2:4 sparsity --------------------------------------------------------------------------------
@@ -743,8 +780,8 @@ def needs_calib(cfg: PruneConfig, spec: ModelSpec) -> str:
     """Why this config needs calibration tokens ('' if it does not)."""
     if cfg.importance == "activation":
         return "importance='activation'"
-    if cfg.recovery == "lstsq":
-        return "recovery='lstsq'"
+    if cfg.recovery != "none":
+        return f"recovery={cfg.recovery!r}"
     if cfg.kind == "auto" and cfg.has_budget:
         return "kind='auto' (it measures each kind's KL on calibration text)"
     if spec.is_moe and (cfg.n_experts or cfg.kind == "experts"):
@@ -813,10 +850,11 @@ def prune(model, cfg: PruneConfig, calib: np.ndarray | None = None, cache: dict 
                 new, sel, kind = cand, sel_k, k
         report["kinds_tried"] = tried
         report["kinds_infeasible"] = errors
-        if cfg.recovery == "lstsq":
-            if "stream" not in cache:
+        if cfg.recovery != "none":
+            target = "stream" if cfg.recovery == "lstsq-stream" else "layer"
+            if target == "stream" and "stream" not in cache:
                 cache["stream"] = dense_stream(model, calib)
-            recover(model, new, sel, calib, cache["stream"])
+            recover(model, new, sel, calib, cache.get("stream"), target=target)
     else:
         new = build(model, spec, sel)  # a copy: the caller's model stays as it was
     if cfg.sparsity:

@@ -86,13 +86,14 @@ def test_unpruned_structures_keep_exact_outputs(tiny):
     assert (res.model(x) - tiny(x)).abs().max() == 0
 
 
-def test_lstsq_recovery_lowers_error(tiny):
+@pytest.mark.parametrize("recovery", ["lstsq", "lstsq-stream"])
+def test_lstsq_recovery_lowers_error(tiny, recovery):
     x = calib(96, 8, 32)
     errs = {}
-    for rec in ("none", "lstsq"):
-        res = prune(tiny, PruneConfig(ffn_dim=48, n_heads=4, multiple_of=8, recovery=rec), x)
+    for rec in ("none", recovery):
+        res = prune(tiny, PruneConfig(ffn_dim=48, n_heads=4, n_layers=3, multiple_of=8, recovery=rec), x)
         errs[rec] = (res.model(torch.tensor(x)) - tiny(torch.tensor(x))).pow(2).mean().item()
-    assert errs["lstsq"] < 0.7 * errs["none"]
+    assert errs[recovery] < 0.7 * errs["none"]
 
 
 def test_two_four_sparsity_mask_and_metadata(tiny):
