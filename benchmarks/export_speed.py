@@ -46,6 +46,24 @@ def time_llamacpp(path: Path, prompt: list[int], n_decode: int, threads: int) ->
     return len(prompt) / (t1 - t0), n_decode / (t2 - t1)
 
 
+# package runtime -> the host profile's runtime of the same engine (targets/host-x86-2core.yaml)
+HOST_RUNTIME = {"executorch": "executorch-xnnpack", "onnxruntime": "onnxruntime", "llama.cpp": "llama.cpp"}
+
+
+def host_prediction(spec, recipe: str, runtime: str, prompt: int, decode: int) -> tuple[float | None, float | None]:
+    """The simulator's (prefill, decode) tok/s for this host, or (None, None) where it has no figures."""
+    from edge.errors import ConfigError
+    from edge.sim import simulate
+    from edge.sim.simulate import Workload
+
+    try:
+        r = simulate(spec, recipe, "host-x86-2core", runtime=HOST_RUNTIME[runtime],
+                     workload=Workload(prompt_len=prompt, gen_len=decode), budgets=[])
+    except ConfigError:
+        return None, None
+    return r.prefill_tok_s, r.decode_tok_s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("packages", nargs="*")
@@ -64,34 +82,42 @@ def main() -> None:
     from edge.runtime.session import artifact_runner
 
     torch.set_num_threads(a.threads)
-    tok = load_model("smollm2-135m").tokenizer
-    prompt = tok.encode(load_text("heldout").text)[: a.prompt]
+    lm = load_model("smollm2-135m")
+    prompt = lm.tokenizer.encode(load_text("heldout").text)[: a.prompt]
     rows = []
     with tempfile.TemporaryDirectory() as d:
         q4 = convert_gguf(builtin_path("smollm2-135m"), Path(d) / "q4_0.gguf", "Q4_0")
         p, dd = time_llamacpp(q4, prompt, a.decode, a.threads)
-        rows.append({"artifact": "llama.cpp Q4_0 (reference)", "size_mb": q4.stat().st_size / 1e6,
-                     "prefill_tok_s": p, "decode_tok_s": dd})
+        sp, sd = host_prediction(lm.spec, "q4_0", "llama.cpp", len(prompt), a.decode)
+        rows.append({"artifact": "llama.cpp Q4_0 (reference, llama.cpp's own quantizer)",
+                     "size_mb": q4.stat().st_size / 1e6, "prefill_tok_s": p, "decode_tok_s": dd,
+                     "sim_host_prefill_tok_s": sp, "sim_host_decode_tok_s": sd})
     for pkg in map(Path, a.packages):
         m = read_manifest(pkg)
         for art in m["artifacts"]:
-            r = artifact_runner(pkg, art, threads=a.threads)
-            if not hasattr(r, "step"):
-                continue
-            p, dd = time_runner(r, prompt, a.decode)
+            if art["runtime"] == "llama.cpp":  # llama.cpp's runner has no step(): time the file itself
+                p, dd = time_llamacpp(pkg / art["files"][0], prompt, a.decode, a.threads)
+            else:
+                p, dd = time_runner(artifact_runner(pkg, art, threads=a.threads), prompt, a.decode)
             size = sum((pkg / f).stat().st_size for f in art["files"]) / 1e6
             sim = m.get("simulated", {})
+            sp, sd = host_prediction(lm.spec, m["recipe"], art["runtime"], len(prompt), a.decode)
             rows.append({"artifact": f"{pkg.name}: {art['format']} {art['option']} ({art['runtime']})",
                          "size_mb": size, "prefill_tok_s": p, "decode_tok_s": dd,
+                         "sim_host_prefill_tok_s": sp, "sim_host_decode_tok_s": sd,
                          "sim_target": m["target"], "sim_decode_tok_s": sim.get("decode_tok_s"),
                          "sim_prefill_tok_s": sim.get("prefill_tok_s")})
     print(f"host: {a.threads} threads, prompt {len(prompt)} tokens, {a.decode} decode steps")
-    print("| artifact | MB | prefill tok/s | decode tok/s | simulated on target (decode / prefill tok/s) |")
-    print("|---|---|---|---|---|")
+    print("| artifact | MB | prefill tok/s | decode tok/s | simulated here (prefill / decode) "
+          "| simulated on the package's target (prefill / decode) |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        sim = (f"{r['sim_target']}: {r['sim_decode_tok_s']:.1f} / {r['sim_prefill_tok_s']:.0f}"
-               if r.get("sim_decode_tok_s") else "")
-        print(f"| {r['artifact']} | {r['size_mb']:.0f} | {r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} | {sim} |")
+        here = (f"{r['sim_host_prefill_tok_s']:.0f} / {r['sim_host_decode_tok_s']:.1f}"
+                if r.get("sim_host_decode_tok_s") else "no host figures")
+        there = (f"{r['sim_target']}: {r['sim_prefill_tok_s']:.0f} / {r['sim_decode_tok_s']:.1f}"
+                 if r.get("sim_decode_tok_s") else "")
+        print(f"| {r['artifact']} | {r['size_mb']:.0f} | {r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} "
+              f"| {here} | {there} |")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"threads": a.threads, "prompt": len(prompt), "decode": a.decode,
                                        "rows": rows}, indent=2) + "\n")

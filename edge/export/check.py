@@ -58,7 +58,9 @@ def check(spec, target, recipe: str, runtime: str | None = None, context: int | 
     option = RECIPE_OPTIONS[writer].get(recipe)
     if option is None:
         raise ConfigError(f"recipe '{recipe}' cannot be written as {fmt} (for runtime '{name}'); "
-                          f"{fmt} takes: {', '.join(RECIPE_OPTIONS[writer])}")
+                          f"{fmt} takes: {', '.join(RECIPE_OPTIONS[writer])}; {target.name} builds "
+                          f"{'; '.join(buildable(target)) or 'no recipe edge writes'} (pick with --recipe, "
+                          "and --runtime where a recipe runs on several)")
     if spec.is_moe and writer != "gguf":
         raise ConfigError(f"op 'MoE MLP' (top-{spec.n_experts_per_tok} of {spec.n_experts} experts) has no "
                           f"{fmt} lowering in edge; use a GGUF runtime (llama.cpp) for this model")
@@ -77,3 +79,14 @@ def check(spec, target, recipe: str, runtime: str | None = None, context: int | 
                            f"{sim.peak_memory_bytes / 2**20:,.0f} MiB of {sim.memory.get('available', 0) / 2**20:,.0f} "
                            "MiB available; quantize to fewer bits, prune, or shorten the context")
     return ExportPlan(name, fmt, writer, variant, option, RUNTIME_OF_WRITER[writer])
+
+
+def buildable(target) -> list[str]:
+    """What edge can write for ``target``, per runtime: "executorch-xnnpack (pte): fp32, 8da4w, w8a8"."""
+    out = []
+    for name, rt in target.runtimes.items():
+        fmts = [f for f in rt.formats if f in FORMAT_WRITERS]
+        recipes = [r for r in rt.recipes if fmts and r in RECIPE_OPTIONS[FORMAT_WRITERS[fmts[0]][0]]]
+        if recipes:
+            out.append(f"{name} ({fmts[0]}): {', '.join(recipes)}")
+    return out
