@@ -12,7 +12,6 @@ costs 2*T*rows*cols. Attention of T new tokens over positions p costs 4*q_dim*p 
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 
 from edge.model.spec import ModelSpec

@@ -65,8 +65,7 @@ def test_w8a8_smoothquant_records_static_scales():
 
 
 def test_gguf_export_loads_in_llamacpp_and_matches(tmp_path, source_gguf):
-    from edge.export.gguf import export_gguf
-    from edge.export.gguf import _row_perm
+    from edge.export.gguf import _row_perm, export_gguf
     from edge.runtime.llamacpp import LlamaCppRunner
 
     # GPTQ Q4_0 linears; the 49152-row tied head in f16 keeps the test fast (and covers f16)
