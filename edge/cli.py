@@ -145,7 +145,7 @@ def generate_cmd(model, prompt, max_tokens, chat, as_json) -> None:
 @click.option("--expert-score", default="contribution", show_default=True, help="contribution or frequency.")
 @click.option("--sparsity", default="", help="2:4 semi-structured sparsity.")
 @click.option("--importance", default="activation", show_default=True, help="activation or magnitude.")
-@click.option("--recovery", default="lstsq", show_default=True, help="lstsq or none.")
+@click.option("--recovery", default="none", show_default=True, help="none, lstsq (layer targets) or lstsq-stream.")
 @click.option("--calib", default="general:1", show_default=True, help="Calibration text mix (edge.calib).")
 @click.option("--calib-samples", default=32, show_default=True)
 @click.option("--seq-len", default=256, show_default=True)
