@@ -118,7 +118,7 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
                     "export": res.to_dict() | {"seconds": None}}
         else:
             from edge.export.gguf import export_gguf
-            from edge.quant import quantize
+            from edge.quant.quantize import quantize
 
             if lm.source.kind not in ("builtin", "gguf"):
                 raise ConfigError("GGUF packages copy tokenizer metadata from a source GGUF; this model has none")

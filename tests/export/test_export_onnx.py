@@ -80,7 +80,9 @@ def test_qdq_w8a8_quantizes_only_weight_matmuls(tiny, tmp_path):
     ops = [n.op_type for n in onnx.load(str(tmp_path / "model.onnx")).graph.node]
     assert ops.count("DequantizeLinear") >= 2 * 14 and "Softmax" in ops
     got, ref = r.logits(TOKENS), TorchRunner(tiny).logits(TOKENS)
-    assert np.abs(got - ref).max() < 0.6 and (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.75
+    # random weights have no activation outliers: SmoothQuant (alpha 0.8, tuned on the built-in model)
+    # only moves range into the weights here, hence the loose bound; built-in figures: docs/export.md
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.75 and np.abs(got - ref).max() < 1.5
 
 
 def test_qdq_needs_calibration(tiny, tmp_path):
@@ -89,3 +91,22 @@ def test_qdq_needs_calibration(tiny, tmp_path):
 
     with pytest.raises(ConfigError, match="calibration tokens"):
         export_onnx(tiny, tmp_path, OnnxConfig(dtype="qdq-w8a8", max_seq=32))
+
+
+def test_smoothing_and_row_scaling_leave_the_float_model_unchanged(tiny):
+    """SmoothQuant folded into the norms / up_proj rows and the per-row weight scaling that stands in
+    for opset 11's missing per-channel axis are exact rewrites before any rounding."""
+    import copy
+
+    from edge.export.onnx import RowScaledLinear, smooth
+
+    m = copy.deepcopy(tiny)
+    absmax = smooth(m, np.random.default_rng(0).integers(0, 256, (4, 16)))
+    assert len(absmax) == 3 * 2 and all(v.shape == (64,) or v.shape == (128,) for v in absmax.values())
+    mlp = m.layers[0].mlp
+    row = RowScaledLinear(mlp.down_proj)
+    assert torch.allclose(row.weight.abs().amax(1), torch.ones(64))  # every row's max is 1: one int8 scale fits all
+    mlp.down_proj = row
+    x = torch.tensor([TOKENS])
+    with torch.no_grad():
+        assert torch.allclose(m(x), tiny(x), atol=1e-4)
