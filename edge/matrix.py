@@ -49,7 +49,10 @@ class Matrix:
     builder: str = "package"  # key of BUILDERS
     cache_root: str | None = None  # default: $EDGE_CACHE or ~/.cache/edge
     build_options: dict = field(default_factory=dict)  # edge.build.BuildConfig fields (max_seq, calib_samples...)
-    code_key: str | None = None  # part of every cache key; None: the sha256 of edge's source
+    # part of every cache key beside the tool versions (which include edge's version): None adds nothing;
+    # "source" adds the sha256 of edge's own source (for edge's developers; with several people editing
+    # edge/ every run misses); any other string is used as is
+    code_key: str | None = None
 
     def __post_init__(self) -> None:
         for k in ("models", "targets", "recipes"):
@@ -78,7 +81,7 @@ def load_matrix_file(path: str | Path, **overrides) -> Matrix:
         raise MatrixError(f"{p}: cannot read the matrix file ({e.strerror})") from e
     except yaml.YAMLError as e:
         raise MatrixError(f"{p}: not valid YAML ({e})") from e
-    allowed = {"models", "targets", "recipes", "out", "address", "num_cpus", "builder", "build_options"}
+    allowed = {"models", "targets", "recipes", "out", "address", "num_cpus", "builder", "build_options", "code_key"}
     if not isinstance(data, dict) or not {"models", "targets"} <= set(data) or set(data) - allowed:
         raise MatrixError(f"{p}: a matrix file is a mapping with models: and targets: (lists) and optionally "
                           f"{', '.join(sorted(allowed - {'models', 'targets'}))}")
@@ -196,7 +199,7 @@ def build_cached(job: dict, out_dir: str, builder: str = "package", cache_root: 
                  "recipe": job["recipe"] or tp.defaults.recipe, "builder": builder, "options": options,
                  "calib": dataset_hash(CalibConfig(n_samples=options.get("calib_samples", 32),
                                                    seq_len=options.get("calib_seq", 128), seed=0)),
-                 "code": code_key or edge_source_hash(), "tools": tool_versions()}
+                 "code": edge_source_hash() if code_key == "source" else code_key, "tools": tool_versions()}
         fn = BUILDERS[builder]
         cache = StageCache(cache_root)
         entry = cache.entry(f"matrix-{builder}", parts, lambda d: fn(job, d / "pkg", options))
