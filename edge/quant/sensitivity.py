@@ -91,7 +91,7 @@ def sensitivity(model, tokens, formats=("q4_0", "q5_0", "q8_0"), units: str = "l
     ref = F.log_softmax(model.lm_head(model.norm(hs[-1])).float(), -1)
 
     def run_from(start: int) -> torch.Tensor:
-        x = hs[start]
+        x = model.embed_tokens(tokens).float() if start == 0 else hs[start]
         for layer in model.layers[start:]:
             x = layer(x, cos, sin, mask, None)
         return model.lm_head(model.norm(x))
@@ -101,8 +101,10 @@ def sensitivity(model, tokens, formats=("q4_0", "q5_0", "q8_0"), units: str = "l
     for k, unit in enumerate(names):
         ps = _unit_params(model, unit)
         params[unit] = sum(p.numel() for _, p in ps)
-        start = int(unit.split(".")[1]) if unit.startswith("layer.") else (0 if unit.startswith("class.")
-                                                                         else spec.n_layers)
+        if unit.startswith("layer."):
+            start = int(unit.split(".")[1])
+        else:  # a class spans all layers; a tied head is also the embedding every layer reads
+            start = spec.n_layers if unit == "output" and not spec.tie_embeddings else 0
         kl[unit] = {}
         saved = [p.detach().clone() for _, p in ps]
         for f in (formats if unit == "output" or layer_formats is None else layer_formats):
