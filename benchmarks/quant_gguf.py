@@ -42,7 +42,23 @@ LLAMACPP = {"llama.cpp Q8_0": "Q8_0", "llama.cpp Q4_0": "Q4_0", "llama.cpp Q4_K_
 
 
 def peak_rss_mb() -> float:
+    """Peak RSS since the last reset_peak_rss() (Linux VmHWM), else since the process started."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets VmHWM, so the quantize call's own peak is measured
+    (the GGUF loader's peak, ~3.8 GB, would otherwise hide it)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def worker(args) -> None:
@@ -70,12 +86,13 @@ def worker(args) -> None:
         recipe = recipe_from_dict(json.loads(Path(args.mixed_recipe).read_text())["recipe"], "mixed")
     else:
         recipe = load_recipe(preset, method=method)
+    reset_peak_rss()
     t0 = time.perf_counter()
     q = quantize(lm.model, recipe, calib)
     info["quant_s"] = time.perf_counter() - t0
     info["peak_rss_mb"] = peak_rss_mb()
     info["rss_after_load_mb"] = rss_loaded
-    info["n_layers"] = lm.spec.n_layers
+    info["n_layers"] = lm.model.spec.n_layers
     info["rescale"] = q.info.get("rescale", [])[:3]
     if not args.worker.endswith("half the layers"):
         export_gguf(lm.model, q, args.out, tokenizer_gguf=builtin_path(MODEL),
