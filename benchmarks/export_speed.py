@@ -119,8 +119,12 @@ def main() -> None:
         print(f"| {r['artifact']} | {r['size_mb']:.0f} | {r['prefill_tok_s']:.0f} | {r['decode_tok_s']:.1f} "
               f"| {here} | {there} |")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    import os
+
+    load = os.getloadavg()[0]  # llama.cpp's spinning threads are 10-50x slower on an oversubscribed host
+    print(f"host load average {load:.1f}")
     Path(a.out).write_text(json.dumps({"threads": a.threads, "prompt": len(prompt), "decode": a.decode,
-                                       "rows": rows}, indent=2) + "\n")
+                                       "load_average": round(load, 1), "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
