@@ -414,27 +414,6 @@ def _tokenizer_fields(path: Path, vocab: int):
     return fields, meta, pad
 
 
-def _arch_keys(spec) -> dict:
-    from gguf import GGUFValueType as V
-
-    keys = {
-        "llama.context_length": (spec.max_seq_len, V.UINT32),
-        "llama.embedding_length": (spec.dim, V.UINT32),
-        "llama.block_count": (spec.n_layers, V.UINT32),
-        "llama.feed_forward_length": (spec.ffn_dim, V.UINT32),
-        "llama.attention.head_count": (spec.n_heads, V.UINT32),
-        "llama.attention.head_count_kv": (spec.n_kv_heads, V.UINT32),
-        "llama.rope.freq_base": (float(spec.rope_theta), V.FLOAT32),
-        "llama.attention.layer_norm_rms_epsilon": (float(spec.norm_eps), V.FLOAT32),
-        "llama.vocab_size": (spec.vocab_size, V.UINT32),
-        "llama.rope.dimension_count": (spec.head_dim, V.UINT32),
-    }
-    if spec.head_dim != spec.dim // spec.n_heads:
-        keys["llama.attention.key_length"] = (spec.head_dim, V.UINT32)
-        keys["llama.attention.value_length"] = (spec.head_dim, V.UINT32)
-    return keys
-
-
 def peak_rss_bytes() -> int:
     """This process's peak resident set size, from the kernel."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -476,7 +455,9 @@ def stream_to_gguf(checkpoint: str | Path, out: str | Path, cfg: StreamConfig = 
     w = gguf.GGUFWriter(str(tmp), arch="llama")
     for key, val, vtype, sub in fields:
         w.add_key_value(key, val, vtype, sub_type=sub)
-    for key, (val, vtype) in _arch_keys(spec).items():
+    from edge.export.gguf import llama_arch_keys
+
+    for key, (val, vtype) in llama_arch_keys(spec).items():
         w.add_key_value(key, val, vtype)
     w.add_key_value("general.file_type", {"q4_0": 2, "q8_0": 7, "q5_0": 8}[cfg.weights], gguf.GGUFValueType.UINT32)
     w.add_key_value("general.quantization_version", 2, gguf.GGUFValueType.UINT32)

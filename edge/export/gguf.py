@@ -136,7 +136,7 @@ def export_gguf(model, quantized, path: str | Path, *, tokenizer_gguf: str | Pat
     w = gguf.GGUFWriter(str(tmp), arch="llama")
     for key, val, vtype, sub in _source_fields(Path(tokenizer_gguf)):
         w.add_key_value(key, val, vtype, sub_type=sub)
-    meta = _arch_keys(spec, model)
+    meta = llama_arch_keys(spec)
     for key, (val, vtype) in meta.items():
         w.add_key_value(key, val, vtype)
 
@@ -214,7 +214,8 @@ def _permute_qk(name: str, qt, spec):
     return qt
 
 
-def _arch_keys(spec, model) -> dict:
+def llama_arch_keys(spec) -> dict:
+    """GGUF `llama.*` hyperparameter keys for ``spec`` (shared with edge.stream's streaming writer)."""
     from gguf import GGUFValueType as V
 
     keys = {

@@ -19,3 +19,13 @@ class Runner(Protocol):
     def generate(self, tokens: list[int], max_new_tokens: int, stop: set[int] | None = None) -> list[int]:
         """Greedy continuation of ``tokens`` (new tokens only), stopping early on a ``stop`` id."""
         ...
+
+
+def greedy_generate(stream, tokens: list[int], max_new_tokens: int, stop: set[int] | None = None) -> list[int]:
+    """Greedy continuation from a runner's ``stream(tokens, max_new_tokens, pick)``, stopping on ``stop``."""
+    out: list[int] = []
+    for t in stream(tokens, max_new_tokens, lambda lg: int(np.argmax(lg))):
+        out.append(t)
+        if stop and t in stop:
+            break
+    return out

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ConfigError, ModelLoadError
+from edge.runtime.base import greedy_generate
 
 
 class PteRunner:
@@ -83,9 +84,4 @@ class PteRunner:
             pos += 1
 
     def generate(self, tokens: list[int], max_new_tokens: int, stop: set[int] | None = None) -> list[int]:
-        out: list[int] = []
-        for t in self.stream(tokens, max_new_tokens, lambda lg: int(np.argmax(lg))):
-            out.append(t)
-            if stop and t in stop:
-                break
-        return out
+        return greedy_generate(self.stream, tokens, max_new_tokens, stop)
