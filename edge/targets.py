@@ -106,6 +106,7 @@ class ComputeUnit:
     kind: str  # one of UNIT_KINDS
     peak: Mapping[str, float]  # dtype -> ops/s (1 multiply-add = 2 ops)
     dtypes: tuple[str, ...]  # data types the unit computes at speed
+    sparsity: tuple[str, ...] = ()  # N:M semi-structured patterns it runs faster (e.g. "2:4"), see edge.sim.sparsity
 
 
 @dataclass(frozen=True)
@@ -295,6 +296,29 @@ class _Reader:
 
 
 _PROV = ("source", "estimate", "note")
+
+
+def _sparsity(r: _Reader, v: Any, key: str, prov: str) -> tuple[str, ...]:
+    """A unit's N:M sparsity support: ["2:4"], or {patterns: ["2:4"], source/estimate: ...}; sourced."""
+    from edge.sim.sparsity import parse_nm
+
+    if isinstance(v, dict):
+        v = r.mapping(v, key, ("patterns", *_PROV), ("patterns",))
+        prov = r.provenance_of(v, key, prov)
+        v = v["patterns"]
+    pats = r.strings(v, key)
+    for pat in pats:
+        try:
+            parse_nm(pat)
+        except ConfigError as e:
+            raise r.err(key, str(e)) from e
+    if pats:
+        if not prov:
+            raise r.err(key, "sparsity support needs 'source: <key of sources>' or 'estimate: <why>'")
+        r.provenance[key] = prov
+    return pats
+
+
 _TOP = (
     "name", "description", "class", "sources", "memory", "cpu", "units", "runtimes", "constraints",
     "defaults", "efficiency", "probe",
@@ -365,7 +389,7 @@ def parse_profile(doc: Any, path: str = "<profile>") -> TargetProfile:
         raise r.err("units", "expected a mapping of unit name -> {kind, peak, dtypes}, including 'cpu'")
     for uname, u in doc["units"].items():
         key = f"units.{uname}"
-        u = r.mapping(u, key, ("kind", "peak", "dtypes", *_PROV), ("kind", "peak", "dtypes"))
+        u = r.mapping(u, key, ("kind", "peak", "dtypes", "sparsity", *_PROV), ("kind", "peak", "dtypes"))
         if u["kind"] not in UNIT_KINDS:
             raise r.err(f"{key}.kind", f"'{u['kind']}' is not a unit kind{_suggest(str(u['kind']), UNIT_KINDS)}; "
                                        f"allowed: {', '.join(UNIT_KINDS)}")
@@ -374,7 +398,8 @@ def parse_profile(doc: Any, path: str = "<profile>") -> TargetProfile:
         if not peak_d:
             raise r.err(f"{key}.peak", "needs at least one data type -> ops/s figure")
         peak = {dt: fig(peak_d, dt, "ops", f"{key}.peak.{dt}", p) for dt in peak_d}
-        units[uname] = ComputeUnit(uname, u["kind"], peak, r.strings(u["dtypes"], f"{key}.dtypes", DTYPES))
+        units[uname] = ComputeUnit(uname, u["kind"], peak, r.strings(u["dtypes"], f"{key}.dtypes", DTYPES),
+                                   _sparsity(r, u.get("sparsity", []), f"{key}.sparsity", p))
 
     runtimes: dict[str, Runtime] = {}
     if not isinstance(doc["runtimes"], dict) or not doc["runtimes"]:

@@ -134,10 +134,10 @@ def forward_cost(spec: ModelSpec, recipe: Recipe, new_tokens: int, context: int,
         if t.expert:
             k, e = spec.n_experts_per_tok, spec.n_experts
             distinct = expected_distinct_experts(e, k, n)
-            flops += 2 * t.rows * t.cols * k * n
+            flops += 2 * t.rows * t.cols * k * n * recipe.dense_fraction(t.cls)
             wbytes += distinct * tb
             continue
-        f = 2 * t.rows * t.cols * n
+        f = 2 * t.rows * t.cols * n * recipe.dense_fraction(t.cls)  # N:M sparse linears: N/M of it
         if t.cls == "output":
             # the head runs on the last token of each sequence only (prefill needs no other logits)
             f = 2 * t.rows * t.cols * batch

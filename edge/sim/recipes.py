@@ -110,6 +110,7 @@ class Recipe:
     sparsity: float = 0.0  # fraction of linear weights removed (stored compressed)
     sparsity_index_bits: float = 0.0  # bits per kept weight to index it (0: structured)
     note: str = ""
+    nm_sparsity: str = ""  # "2:4": N:M semi-structured; edge.sim.sparsity counts it where the unit runs it
     base: str = ""  # the preset a recipe file started from; runtimes are matched on it
 
     @property
@@ -132,7 +133,19 @@ class Recipe:
                 raise ConfigError(f"recipe {self.name}: {what} '{dt}' is not a data type{_hint(dt, DTYPE_BYTES)}; "
                                   f"allowed: {', '.join(DTYPE_BYTES)}")
         if not 0 <= self.sparsity < 1:
-            raise ConfigError(f"recipe {self.name}: sparsity must be in [0, 1), got {self.sparsity}")
+            raise ConfigError(f"recipe {self.name}: sparsity must be a fraction in [0, 1) or a quoted \"N:M\" "
+                              f"pattern (YAML reads 2:4 unquoted as 124), got {self.sparsity}")
+        if self.nm_sparsity:
+            from edge.sim.sparsity import parse_nm
+
+            try:
+                parse_nm(self.nm_sparsity)
+            except ConfigError as e:
+                raise ConfigError(f"recipe {self.name}: {e}") from e
+
+    def dense_fraction(self, cls: str) -> float:
+        """Fraction of a tensor's multiply-adds executed: 1 - sparsity for the sparse linears."""
+        return 1 - self.sparsity if cls in _LINEAR else 1.0
 
     def type_for(self, cls: str, layer: int = 0, n_layers: int = 1, cols: int = 256) -> QuantType:
         """The storage type of one tensor, after the k-quant row-length fallback."""
@@ -264,7 +277,8 @@ def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
             more_bits=doc.get("more_bits", base.more_bits),
             activations=doc.get("activations", base.activations),
             kv_cache=doc.get("kv_cache", base.kv_cache),
-            sparsity=float(doc.get("sparsity", base.sparsity)),
+            sparsity=float(sp) if not isinstance(sp := doc.get("sparsity", base.sparsity), str) else 0.0,
+            nm_sparsity=sp if isinstance(sp, str) else base.nm_sparsity,
             sparsity_index_bits=float(doc.get("sparsity_index_bits", base.sparsity_index_bits)),
             note=doc.get("note", f"from {p}"),
         )

@@ -23,6 +23,7 @@ from edge.model.spec import ModelSpec
 from edge.sim.budgets import Budget, parse_budget
 from edge.sim.model import ForwardCost, average_bits, forward_cost, weight_bytes, weight_tensors
 from edge.sim.recipes import Recipe, load_recipe
+from edge.sim.sparsity import apply_sparsity
 from edge.targets import TargetProfile, load_target
 
 _MAX_STEPS = 32  # decode steps evaluated one by one; longer generations are sampled evenly (cost is linear in position)
@@ -218,6 +219,7 @@ def simulate(
     wl = workload if workload is not None else Workload(**target.defaults.workload)
     m = _Machine(spec, recipe, target, runtime)
     rt, eff, notes = m.rt, m.eff, []
+    recipe = m.recipe = apply_sparsity(spec, recipe, m.unit, notes)  # N:M: a speed-up only where the unit runs it
     P, G, B, ctx = wl.prompt_len, wl.gen_len, wl.batch, wl.ctx
 
     # ---- prefill: the prompt in one pass, first token out at its end
