@@ -192,29 +192,50 @@ def predict(row: dict, target: str = "nvidia-h200") -> dict:
             "decode_binding": r.decode.binding, "prefill_binding": r.prefill.binding}
 
 
+def _prefill_parts(row: dict) -> tuple[float, float]:
+    """Matmul and attention flops of the row's prefill (attention over the whole static cache)."""
+    from edge.sim import forward_cost, load_recipe
+
+    c = forward_cost(spec_of(row["model"]), load_recipe("bf16"), row["prompt_len"], row["context"], start=0,
+                     attend_full_context=True)
+    return c.flops - c.cpu_flops["attention"], c.cpu_flops["attention"]
+
+
+def _lstsq2(pts: list[tuple[float, float, float, float]]) -> tuple[float, float]:
+    """Weighted least squares of y = p*a + q*b over (a, b, y, weight) points."""
+    sxx = sum(w * a * a for a, _, _, w in pts)
+    sxl = sum(w * a * b for a, b, _, w in pts)
+    sll = sum(w * b * b for _, b, _, w in pts)
+    sxt = sum(w * a * y for a, _, y, w in pts)
+    slt = sum(w * b * y for _, b, y, w in pts)
+    det = sxx * sll - sxl * sxl
+    return (sxt * sll - slt * sxl) / det, (sxx * slt - sxl * sxt) / det
+
+
 def fit(rows: list[dict], ceilings: dict) -> dict:
     """The torch-cuda efficiency row from these measurements.
 
     decode: least squares of step time = bytes / (peak_bw * eff) + n_layers * overhead;
-    prefill: compute fraction = the measured bf16 matmul ceiling / peak, and the per-layer overhead
-    (eager prefill is launch-bound) = the mean of what the compute time leaves per layer.
+    prefill: eager prefill is bound by launching kernels, which hides the matmuls (at the measured
+    bf16 matmul ceiling they take 0.8-2.4 ms of the 6-15 ms): least squares (relative errors) of
+    prefill time = n_layers * overhead + attention flops / (peak * attention_eff), the masked SDPA over
+    the whole static cache being what grows with the context; the row says prefill_overhead_overlaps.
     """
     from edge.targets import load_target
 
     t = load_target("nvidia-h200")
     bw, peak = t.memory.peak_bandwidth, t.units["gpu"].peak["bf16"]
-    pts = [(predict(r)["decode_bytes"] / bw, spec_of(r["model"]).n_layers, r["decode_step_s"]) for r in rows]
-    sxx = sum(a * a for a, _, _ in pts)
-    sxl = sum(a * b for a, b, _ in pts)
-    sll = sum(b * b for _, b, _ in pts)
-    sxt = sum(a * y for a, _, y in pts)
-    slt = sum(b * y for _, b, y in pts)
-    det = sxx * sll - sxl * sxl
-    inv_eff, over = (sxt * sll - slt * sxl) / det, (sxx * slt - sxl * sxt) / det
+    inv_eff, over = _lstsq2([(predict(r)["decode_bytes"] / bw, spec_of(r["model"]).n_layers, r["decode_step_s"], 1.0)
+                             for r in rows])
     pc = ceilings.get("bf16_matmul_flops", 0.8 * peak) / peak
-    pre = [(r["prefill_s"] - predict(r)["prefill_flops"] / (peak * pc)) / spec_of(r["model"]).n_layers for r in rows]
+    pts = []
+    for r in rows:
+        lin, att = _prefill_parts(r)
+        pts.append((att / peak, spec_of(r["model"]).n_layers, r["prefill_s"], 1 / r["prefill_s"] ** 2))
+    inv_att, pover = _lstsq2(pts)
     return {"decode_bandwidth": 1 / inv_eff, "overhead_per_layer_s": over, "prefill_compute": pc,
-            "prefill_overhead_per_layer_s": sum(pre) / len(pre)}
+            "prefill_attention_compute": 1 / inv_att if inv_att > 0 else -1.0,
+            "prefill_overhead_per_layer_s": pover}
 
 
 def compare(path: str) -> None:

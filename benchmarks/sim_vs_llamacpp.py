@@ -7,8 +7,9 @@ measured with the error and writes benchmarks/results/sim_vs_llamacpp.json::
     python benchmarks/sim_vs_llamacpp.py                      # measure + compare
     python benchmarks/sim_vs_llamacpp.py --fit --out fit.json # measure and fit the efficiency rows
 
-The efficiency rows in targets/host-x86-2core.yaml were fitted (``--fit``) on one run at the
-128/64 workload; the comparison run is a separate run, and the 512/32 workload is never fitted.
+The efficiency rows in targets/host-x86-2core.yaml were fitted (``--fit``, then ``--apply FIT PROBE``)
+on one run of the 128/64 and 512/32 workloads (the long one gives the attention rates); the
+comparison is a separate run, and its 256/48 workload is never fitted.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 FORMATS = {"F32": ("LLAMA_FTYPE_ALL_F32", "fp32"), "Q8_0": ("LLAMA_FTYPE_MOSTLY_Q8_0", "q8_0"),
            "Q4_0": ("LLAMA_FTYPE_MOSTLY_Q4_0", "q4_0")}
-WORKLOADS = [(128, 64), (512, 32)]  # (prompt tokens, generated tokens)
+# (prompt tokens, generated tokens): a --fit run measures the first two (the long one gives the
+# attention rates); a comparison run also measures the third, which no fit ever sees
+WORKLOADS = [(128, 64), (512, 32), (256, 48)]
 THREADS = 2
 
 
@@ -145,44 +148,75 @@ def case_recipe(fmt: str):
     return replace(r, **{k: v for k, v in over.items() if k != "weights"})
 
 
-def fit(measured: list[dict], target: str) -> list[dict]:
-    """Efficiency rows that reproduce the 128/64 measurements, one per measured case.
+def _att(spec, recipe, P: int, G: int) -> tuple[float, float, object, object]:
+    """Attention flops of the prefill of P tokens and of a mid-generation decode step, and both costs."""
+    from edge.sim import forward_cost
 
-    decode bandwidth fraction per runtime: from its fp32 case (bandwidth-bound: 540 MB per token);
-    decode compute fractions of the quantized cases (their dequantizing dot products bind, not DRAM);
-    prefill compute fraction per case. No separate per-layer overhead: on this host it is folded in.
+    pc = forward_cost(spec, recipe, P, P, start=0)
+    dc = forward_cost(spec, recipe, 1, P + G // 2, start=P + G // 2 - 1)
+    return pc.cpu_flops["attention"], dc.cpu_flops["attention"], pc, dc
+
+
+def fit(measured: list[dict], target: str) -> list[dict]:
+    """Efficiency rows that reproduce a --fit run, one per measured format.
+
+    Attention (float, over the KV cache) is fitted apart, one decode and one prefill rate per
+    runtime pooled over its formats, from how much slower the long workload (512/32) runs than the
+    short one (128/64) per token; what the short workload's time has left after attention fits the
+    format's rows: decode bandwidth per runtime from its fp32 case (bandwidth-bound), decode compute
+    of the quantized cases (their dequantizing dot products bind, not DRAM), prefill compute per case.
+    No separate per-layer overhead: on this host it is folded in.
     """
     from edge.model.load import load_spec
-    from edge.sim import forward_cost
     from edge.targets import load_target
 
     t = load_target(target)
     spec = load_spec("smollm2-135m")
     cpu, bw = t.units["cpu"], t.memory.measured_bandwidth or t.memory.peak_bandwidth
+    fp32 = cpu.peak["fp32"]
+    by = {(m["format"], m["prompt_len"], m["gen_len"]): m["measured"] for m in measured}
+    (P0, G0), (P1, G1) = WORKLOADS[0], WORKLOADS[1]
+    # seconds per attention flop, per runtime: slope of per-token time against per-token attention flops
+    slopes: dict = {}
+    for fmt in {m["format"] for m in measured}:
+        if (fmt, P1, G1) not in by:
+            continue
+        recipe = case_recipe(fmt)
+        a0p, a0d, _, _ = _att(spec, recipe, P0, G0)
+        a1p, a1d, _, _ = _att(spec, recipe, P1, G1)
+        s = slopes.setdefault(CASES[fmt][0], {"prefill": [], "decode": []})
+        s["prefill"].append((1 / by[fmt, P1, G1]["prefill_tok_s"] - 1 / by[fmt, P0, G0]["prefill_tok_s"])
+                            / (a1p / P1 - a0p / P0))
+        s["decode"].append((1 / by[fmt, P1, G1]["decode_tok_s"] - 1 / by[fmt, P0, G0]["decode_tok_s"]) / (a1d - a0d))
+    att_eff = {rt: {k: 1 / (fp32 * max(statistics.mean(v), 1e-15)) for k, v in s.items()} for rt, s in slopes.items()}
     rows = []
     for m in measured:
-        if (m["prompt_len"], m["gen_len"]) != WORKLOADS[0]:
+        if (m["prompt_len"], m["gen_len"]) != (P0, G0):
             continue
         runtime, _, _, recipes = CASES[m["format"]]
         recipe = case_recipe(m["format"])
         dtype = "fp32" if recipe.activations == "fp32" else "int8"
-        P, G = m["prompt_len"], m["gen_len"]
-        pc = forward_cost(spec, recipe, P, P, start=0)
-        dc = forward_cost(spec, recipe, 1, P + G // 2, start=P + G // 2 - 1)
-        step = 1 / m["measured"]["decode_tok_s"]
-        rows.append({"format": m["format"], "runtime": runtime, "recipes": recipes, "compute_dtype": dtype,
-                     "prefill_compute": pc.flops / cpu.peak[dtype] * m["measured"]["prefill_tok_s"] / P,
-                     "decode_compute": dc.flops / step / cpu.peak[dtype], "decode_bandwidth": dc.bytes / step / bw,
-                     "measured": {k: m["measured"][k] for k in ("prefill_tok_s", "decode_tok_s")},
-                     "source": m.get("source", "")})
+        ap, ad, pc, dc = _att(spec, recipe, P0, G0)
+        ae = att_eff.get(runtime)
+        pre_s = P0 / m["measured"]["prefill_tok_s"] - (ap / (fp32 * ae["prefill"]) if ae else 0.0)
+        step = 1 / m["measured"]["decode_tok_s"] - (ad / (fp32 * ae["decode"]) if ae else 0.0)
+        lin_p, lin_d = pc.flops - (ap if ae else 0.0), dc.flops - (ad if ae else 0.0)
+        row = {"format": m["format"], "runtime": runtime, "recipes": recipes, "compute_dtype": dtype,
+               "prefill_compute": lin_p / cpu.peak[dtype] / pre_s,
+               "decode_compute": lin_d / step / cpu.peak[dtype], "decode_bandwidth": dc.bytes / step / bw,
+               "measured": {k: m["measured"][k] for k in ("prefill_tok_s", "decode_tok_s")},
+               "source": m.get("source", "")}
+        if ae:
+            row.update(attention_compute=ae["decode"], prefill_attention_compute=ae["prefill"])
+        rows.append(row)
     for rt in {r["runtime"] for r in rows}:
         mine = [r for r in rows if r["runtime"] == rt]
-        fp32 = next((r for r in mine if r["compute_dtype"] == "fp32"), mine[0])
+        fp32_row = next((r for r in mine if r["compute_dtype"] == "fp32"), mine[0])
         for r in mine:
-            if r is fp32:  # bandwidth binds; compute as fast as its matmuls in prefill
+            if r is fp32_row:  # bandwidth binds; compute as fast as its matmuls in prefill
                 r["decode_compute"] = r["prefill_compute"]
             # a case that streamed faster than the fp32 one (another export variant) proves that much
-            r["decode_bandwidth"] = max(fp32["decode_bandwidth"], r["decode_bandwidth"])
+            r["decode_bandwidth"] = max(fp32_row["decode_bandwidth"], r["decode_bandwidth"])
     return rows
 
 
@@ -190,30 +224,56 @@ def efficiency_yaml(rows: list[dict], source: str) -> str:
     out = []
     for r in rows:
         m = r["measured"]
+        att = "" if "attention_compute" not in r else (
+            f"    attention_compute: {min(r['attention_compute'], 1):.4f}\n"
+            f"    prefill_attention_compute: {min(r['prefill_attention_compute'], 1):.4f}\n")
         out.append(f"""  - runtime: {r['runtime']}
     recipes: {r['recipes']}
     compute_dtype: {r['compute_dtype']}
     decode_bandwidth: {min(r['decode_bandwidth'], 1):.3f}
     decode_compute: {min(r['decode_compute'], 1):.3f}
     prefill_compute: {min(r['prefill_compute'], 1):.3f}
-    bandwidth_of: measured
+{att}    bandwidth_of: measured
     fitted_to: ["{r['source'] or source}, built-in model, case {r['format']}, prompt 128 / 64 generated:
       prefill {m['prefill_tok_s']:.0f} tok/s, decode {m['decode_tok_s']:.1f} tok/s; decode bandwidth from the
-      runtime's fp32 case"]
+      runtime's fp32 case{'; attention rates from the 512 / 32 run of every format of this runtime' if att else ''}"]
 """)
     return "".join(out)
 
 
+def _kept_rows(old_text: str, drop: set[str], bw_ratio: float) -> str:
+    """The efficiency rows of runtimes in ``drop`` removed, verbatim otherwise; their bandwidth
+    fractions rescaled by ``bw_ratio`` (old measured bandwidth / new), so the bytes/s they encode stay."""
+    import re
+
+    body = old_text.split("\nefficiency:\n", 1)[1]
+    blocks = re.split(r"(?m)^(?=  - runtime: )", body)
+    out = []
+    for b in blocks:
+        m = re.match(r"  - runtime: (\S+)", b)
+        if not m or m.group(1) in drop:
+            continue
+        out.append(re.sub(r"(decode_bandwidth: )([0-9.]+)",
+                          lambda x: f"{x.group(1)}{min(float(x.group(2)) * bw_ratio, 1):.3f}", b))
+    return "".join(out)
+
+
 def apply(fit_json: str, probe_json: str, profile: str) -> None:
-    """Rewrite the host profile: the probe's figures, then efficiency rows fitted to the --fit run."""
+    """Rewrite the host profile: the probe's figures, then efficiency rows fitted to the --fit run;
+    rows of runtimes the run did not measure are kept (bandwidth fractions rescaled to the new probe)."""
     from edge.probe import profile_yaml
+    from edge.targets import load_target
 
     f = json.loads(Path(fit_json).read_text())
     m = json.loads(Path(probe_json).read_text())
     name = Path(profile).stem
+    old = Path(profile).read_text()
+    old_bw = load_target(name).memory.measured_bandwidth
+    kept = _kept_rows(old, {CASES[r["format"]][0] for r in f["measured"]}, old_bw / m["bandwidth"])
     Path(profile).write_text(profile_yaml(m, name=name))  # the probe's figures first: the fit reads them
     rows = fit(f["measured"], name)
-    Path(profile).write_text(profile_yaml(m, name=name, efficiency=efficiency_yaml(rows, f["meta"].get("source") or f"llama-cpp-python, 2 threads, {f['meta']['date']}")))
+    src = f["meta"].get("source") or f"llama-cpp-python, 2 threads, {f['meta']['date']}"
+    Path(profile).write_text(profile_yaml(m, name=name, efficiency=efficiency_yaml(rows, src) + kept))
     print("wrote", profile)
 
 
@@ -226,7 +286,7 @@ def write_markdown(out: dict, path: Path) -> None:
         f"the built-in SmolLM2-135M at F32/Q8_0/Q4_0, median of {meta['reps']} interleaved repetitions after a "
         f"warm-up (1-minute load average at the start of each round: "
         f"{', '.join(f'{x:.1f}' for x in meta['load_avg_at_round_start'])}). The efficiency rows were fitted on a "
-        "separate run at 128/64 (`--fit`); the 512/32 rows were never fitted.",
+        "separate run of the 128/64 and 512/32 workloads (`--fit`); the 256/48 rows were never fitted.",
         "",
         "| format | prompt/gen | prefill pred | measured (best) | error | decode pred | measured (best) | error | binding |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -260,7 +320,7 @@ def main() -> None:
 
     wait_for_quiet.strict = args.strict
     files = make_ggufs(Path(args.cache))
-    measured = measure_all(files, args.reps, WORKLOADS[:1] if args.fit else WORKLOADS, args.max_load,
+    measured = measure_all(files, args.reps, WORKLOADS[:2] if args.fit else WORKLOADS, args.max_load,
                            time.time() + args.max_wait)
     rows = []
     for (fmt, P, G), m in measured.items():

@@ -5,6 +5,10 @@ decode (one token per weight read) is usually bandwidth-bound. Each stage's time
 
     max(flops / (peak[dtype] * compute_eff), bytes / (bandwidth * bandwidth_eff))
         + n_layers * overhead_per_layer + time of the parts left on the CPU
+        + attention flops / (float peak * attention_eff)     (rows that measure attention apart)
+
+(a row with ``prefill_overhead_overlaps`` takes the per-layer overhead of prefill inside the max:
+eager execution bound by kernel launches hides the matmuls under them)
 
 with the efficiencies read from the target's measured table, never constants in code::
 
@@ -156,6 +160,10 @@ class _Machine:
         mem = target.memory
         self.bandwidth = mem.measured_bandwidth if self.eff.bandwidth_of == "measured" else mem.peak_bandwidth
         self.peak = self.unit.peak[self.eff.compute_dtype]
+        # attention's rate: the row's own peak when it computes in a float type, else the unit's float peak
+        fl = ("fp32", "fp16", "bf16")
+        self.float_peak = self.peak if self.eff.compute_dtype in fl else next(
+            (self.unit.peak[d] for d in fl if d in self.unit.peak), self.peak)
         self.off_cpu = self.unit.kind != "cpu"
         self.cpu_ops = self.rt.cpu_ops if self.off_cpu else ()
 
@@ -167,12 +175,18 @@ class _Machine:
         moved = sum(c.cpu_flops[o] for o in self.cpu_ops if o in ("attention", "lm_head", "moe_router"))
         moved_bytes = sum(c.cpu_bytes[o] for o in self.cpu_ops if o in ("attention", "lm_head"))
         frac = e.prefill_compute if stage == "prefill" else e.decode_compute
+        att_frac = e.prefill_attention_compute if stage == "prefill" else e.attention_compute
+        att = 0.0 if "attention" in self.cpu_ops or att_frac < 0 else c.cpu_flops["attention"]
         t = {
-            "compute": (c.flops - moved) / (self.peak * frac),
+            "compute": (c.flops - moved - att) / (self.peak * frac),
             "bandwidth": max(c.bytes - moved_bytes, 0.0) / (self.bandwidth * e.decode_bandwidth),
             "overhead": self.spec.n_layers * (e.prefill_overhead_per_layer if stage == "prefill"
                                               and e.prefill_overhead_per_layer >= 0 else e.overhead_per_layer),
         }
+        if stage == "prefill" and e.prefill_overhead_overlaps:  # launch-bound: overlaps the matmuls
+            t["launch"] = t.pop("overhead")
+        if att:  # in float, after the matmuls (not overlapped with the weight stream)
+            t["attention"] = att / (self.float_peak * att_frac)
         if self.cpu_ops:
             cpu_peak = self.cpu.peak.get("fp32") or max(self.cpu.peak.values())
             t["cpu_fallback"] = max(cpu_flops / (cpu_peak * e.fallback_compute),
@@ -181,7 +195,8 @@ class _Machine:
 
     @staticmethod
     def seconds(t: dict) -> float:
-        return max(t["compute"], t["bandwidth"]) + t["overhead"] + t.get("cpu_fallback", 0.0)
+        return (max(t["compute"], t["bandwidth"], t.get("launch", 0.0)) + t.get("overhead", 0.0)
+                + t.get("cpu_fallback", 0.0) + t.get("attention", 0.0))
 
 
 def _stage(tokens: int, steps: list[tuple[ForwardCost, dict]], m: _Machine, weight: float = 1.0) -> Stage:

@@ -146,3 +146,56 @@ def test_recipe_file_and_errors(tmp_path):
         load_recipe(p)
     with pytest.raises(ConfigError, match="did you mean 'q4_0'"):
         load_recipe("q4_o")
+
+
+def _with_row(tmp_path, name: str, **fields) -> str:
+    """A copy of a shipped profile whose efficiency rows get ``fields`` (written as YAML)."""
+    import yaml
+
+    doc = yaml.safe_load(load_target_path(name).read_text())
+    for row in doc["efficiency"]:
+        row.update(fields)
+    p = tmp_path / f"{name}-edited-{len(list(tmp_path.iterdir()))}.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    return str(p)
+
+
+def load_target_path(name: str):
+    from edge.targets import TARGETS_DIR
+
+    return TARGETS_DIR / f"{name}.yaml"
+
+
+def test_attention_rate_is_apart_from_the_matmuls(tmp_path):
+    """A row that measures attention apart charges its float flops at their own (lower) rate after the
+    weight stream: the decode step grows with context by exactly attention flops / rate."""
+    slow = _with_row(tmp_path, "apple-m2", attention_compute=0.01, prefill_attention_compute=0.05)
+    wl_s, wl_l = Workload(128, 2, context=4096), Workload(3000, 2, context=4096)
+    base_s = simulate(LLAMA8B, "q4_0", "apple-m2", workload=wl_s, budgets=[])
+    base_l = simulate(LLAMA8B, "q4_0", "apple-m2", workload=wl_l, budgets=[])
+    s = simulate(LLAMA8B, "q4_0", slow, workload=wl_s, budgets=[])
+    ll = simulate(LLAMA8B, "q4_0", slow, workload=wl_l, budgets=[])
+    assert ll.decode.times["attention"] > s.decode.times["attention"] > 0
+    assert "attention" not in base_l.decode.times
+    t = load_target(slow)
+    rt = t.runtime_for("q4_0")
+    row, peaks = t.efficiency_for(rt.name, "q4_0"), t.units[rt.unit].peak
+    peak = peaks[row.compute_dtype] if row.compute_dtype in ("fp32", "fp16", "bf16") else peaks.get("fp32", peaks.get("fp16"))
+    att_flops = 4 * LLAMA8B.q_dim * LLAMA8B.n_layers * (3000 - 128)  # extra positions attended per step
+    extra = ll.decode.times["attention"] - s.decode.times["attention"]
+    assert extra == pytest.approx(att_flops / (peak * 0.01), rel=0.02)
+    assert ll.decode.seconds - s.decode.seconds >= extra  # plus the longer KV read
+    # the slow attention costs more the longer the context; without the row it hides under the stream
+    assert (base_s.decode_tok_s / s.decode_tok_s) < (base_l.decode_tok_s / ll.decode_tok_s)
+
+
+def test_launch_bound_prefill_overlaps_the_matmuls(tmp_path):
+    add = _with_row(tmp_path, "nvidia-h200", prefill_overhead_overlaps=False)
+    over = _with_row(tmp_path, "nvidia-h200", prefill_overhead_overlaps=True)
+    a = simulate(LLAMA8B, "bf16", add, runtime="torch-cuda", workload=WL, budgets=[])
+    o = simulate(LLAMA8B, "bf16", over, runtime="torch-cuda", workload=WL, budgets=[])
+    assert o.prefill.binding == "launch" and o.prefill_tok_s > a.prefill_tok_s
+    t = o.prefill.times
+    assert o.prefill.seconds == pytest.approx(max(t["compute"], t["bandwidth"], t["launch"]) + t.get("attention", 0))
+    with pytest.raises(ConfigError, match="prefill_overhead_overlaps"):
+        load_target(_with_row(tmp_path, "nvidia-h200", prefill_overhead_overlaps="yes"))
