@@ -28,7 +28,7 @@ FORMAT_WRITERS: dict[str, tuple[str, str]] = {
 # writer -> recipe -> the writer's own option (weight format / dtype). One visible table.
 RECIPE_OPTIONS: dict[str, dict[str, str]] = {
     "pte": {"fp32": "fp32", "8da4w": "8da4w", "w8a8": "8da8w"},
-    "onnx": {"fp32": "fp32", "fp16": "fp16", "w8a8": "qdq-w8a8"},
+    "onnx": {"fp32": "fp32", "fp16": "fp16", "w8a8": "qdq-w8a8", "w4a16": "qdq-w4a16"},
     "gguf": {"fp32": "fp32", "fp16": "fp16", "q8_0": "q8_0", "q4_0": "q4_0", "q4_k_m": "q4_k_m"},
 }
 RUNTIME_OF_WRITER = {"pte": "executorch", "onnx": "onnxruntime", "gguf": "llama.cpp"}

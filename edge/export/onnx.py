@@ -38,7 +38,7 @@ from torch import nn
 from edge.errors import ConfigError, EdgeError
 
 MASK_MIN = -10000.0  # finite: NPU toolchains (QNN HTP) mis-handle -inf in quantized masks
-ONNX_DTYPES = ("fp32", "fp16", "qdq-w8a8")
+ONNX_DTYPES = ("fp32", "fp16", "qdq-w8a8", "qdq-w4a16")  # qdq-w4a16: edge.export.qdq16
 QDQ_SMOOTH_ALPHA = 0.8  # SmoothQuant migration strength: best of 0.3-1.0 on the built-in model (docs/export.md)
 
 
@@ -339,6 +339,10 @@ def export_onnx(model: nn.Module, out_dir: str | Path, cfg: OnnxConfig = OnnxCon
                 calib_tokens: np.ndarray | None = None) -> OnnxExport:
     """Export ``model`` to ``out_dir/<stem>.onnx`` (or ``<stem>.part<i>.onnx``); QDQ needs ``calib_tokens``
     (n, T) for the activation scales. Returns the files in run order and the layout a runner needs."""
+    if cfg.dtype == "qdq-w4a16":  # 4-bit weights, 16-bit activations: its own module
+        from edge.export.qdq16 import export_w4a16
+
+        return export_w4a16(model, out_dir, cfg, stem, calib_tokens)
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     if cfg.max_seq > model.spec.max_seq_len:

@@ -37,19 +37,24 @@ class OnnxRunner:
         if threads:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3
+        for k, v in layout.get("session_config", {}).items():  # what the graph needs of ORT (edge.export.qdq16)
+            opts.add_session_config_entry(k, str(v))
         self.sessions = []
         for part in layout["parts"]:
             path = self.root / part["file"]
             if not path.exists():
                 raise ModelLoadError(f"{path}: ONNX part missing")
             try:
-                sess = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+                sess = self._session(ort, path, opts, providers)
             except Exception as e:
                 raise ModelLoadError(f"{path}: ONNX Runtime could not load it ({e})") from e
             self.sessions.append((sess, part["layers"]))
         n_kv, hd = layout["n_kv_heads"], layout["head_dim"]
         self.cache = [np.zeros((2, 1, n_kv, self.S, hd), self.float) for _ in range(layout["n_layers"])]
         self.record: list[list[dict]] | None = None  # feeds per part, kept for calibration
+
+    def _session(self, ort, path: Path, opts, providers):
+        return ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
 
     def record_done(self) -> list[list[dict]] | None:
         """Stop recording feeds; returns what was recorded."""
