@@ -190,11 +190,19 @@ def prune_cmd(model, out, recipe, ratio, params, kind, ffn_dim, n_heads, n_kv_he
 @click.option("--seq-len", default=512, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (new or empty).")
+@click.option("--target", default=None, help="Check first that this target can run the recipe.")
+@click.option("--runtime", default=None, help="With --target: the runtime that will run it (default: the profile's).")
 @click.option("--json", "as_json", is_flag=True)
 @friendly
-def quantize_cmd(model, recipe, method, calib, n_samples, seq_len, seed, out, as_json) -> None:
+def quantize_cmd(model, recipe, method, calib, n_samples, seq_len, seed, out, target, runtime, as_json) -> None:
     """Quantize MODEL with RECIPE on calibration data; write model.gguf (or tensors.npz) and a report."""
     from edge.quant.pipeline import quantize_to_dir
+
+    if target:
+        from edge.export.check import check_recipe
+        from edge.targets import load_target
+
+        check_recipe(load_target(target), recipe, runtime)
 
     rep = quantize_to_dir(model, recipe, out, calib=calib, n_samples=n_samples, seq_len=seq_len, seed=seed,
                           method=method)

@@ -90,3 +90,28 @@ def buildable(target) -> list[str]:
         if recipes:
             out.append(f"{name} ({fmts[0]}): {', '.join(recipes)}")
     return out
+
+
+def check_recipe(target, recipe, runtime: str | None = None) -> str:
+    """Can ``target`` run quantization ``recipe`` at all? The runtime that would run it, or a
+    ConfigError naming the unit, the data type it lacks and the recipes it does run.
+
+    ``recipe`` is a preset name, a recipe file or a QuantRecipe; its simulator preset says which
+    activation data type its matmuls take (fp16 activations cannot run on an int8-only NPU).
+    """
+    from edge.quant.configs import load_recipe as load_quant_recipe
+    from edge.sim import load_recipe as load_cost_recipe
+
+    q = load_quant_recipe(recipe)
+    preset = q.sim_preset or q.name
+    rt = target.runtime_for(preset, runtime)
+    name = runtime or next(k for k, v in target.runtimes.items() if v is rt)
+    unit = target.units[rt.unit]
+    acts = load_cost_recipe(preset).activations
+    if unit.kind != "cpu" and acts not in unit.dtypes:
+        runs = [r for r, v in target.runtimes.items() if not v.recipes or preset in v.recipes]
+        raise ConfigError(f"recipe '{q.name}' computes with {acts} activations, but {target.name}'s {unit.name} "
+                          f"(runtime '{name}') takes {', '.join(unit.dtypes)}; pick a recipe with "
+                          f"{'/'.join(unit.dtypes)} activations (it runs: {', '.join(rt.recipes) or 'any'})"
+                          + (f" or another runtime ({', '.join(r for r in runs if r != name)})" if len(runs) > 1 else ""))
+    return name
