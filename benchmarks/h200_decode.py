@@ -39,6 +39,27 @@ def spec_of(name: str):
                      tie_embeddings=s["tie"], rope_theta=500000.0, name=name)
 
 
+def graphed(fn, device: str):
+    """``fn`` captured as a CUDA graph (after 3 warm-up calls on a side stream); its replay. On the CPU, fn."""
+    import torch
+
+    if device != "cuda":
+        return fn
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        graphed.outputs.append(fn())  # keep the graph's output tensors alive
+    return graph.replay
+
+
+graphed.outputs = []
+
+
 # ---- the model (torch imported only here) ---------------------------------------------------
 def build(name: str, ctx: int, device: str):
     import torch
@@ -99,17 +120,21 @@ def measure(name: str, ctx: int, prompt: int, steps: int, device: str) -> dict:
     fwd = build(name, ctx, device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     with torch.no_grad():
-        # prefill: `prompt` tokens at positions 0..prompt-1, eager (median of 5 after 2 warm-ups)
+        # prefill: `prompt` tokens at positions 0..prompt-1, one CUDA-graph replay like decode (median of
+        # 15 after 5 warm-ups). Eager prefill was measured first: bound by Python launching ~400 us of
+        # kernels per layer and jittery run to run (the same 1B/256 case took 6.8 ms in one process and
+        # 14.6 ms in another), so it measured the host's Python, not the GPU.
         toks = torch.randint(0, 1000, (1, prompt), device=device)
         pos = torch.arange(prompt, device=device)
         mask = (torch.arange(ctx, device=device)[None, :] <= pos[:, None])[None, None]
+        run_p = graphed(lambda: fwd(toks, pos, mask), device)
         times = []
-        for i in range(7):
+        for i in range(20):
             sync()
             t = time.perf_counter()
-            fwd(toks, pos, mask)
+            run_p()
             sync()
-            if i >= 2:
+            if i >= 5:
                 times.append(time.perf_counter() - t)
         prefill_s = sorted(times)[len(times) // 2]
         # decode: one token per step at a growing position, captured as a CUDA graph
@@ -121,20 +146,7 @@ def measure(name: str, ctx: int, prompt: int, steps: int, device: str) -> dict:
         def step():
             return fwd(tok, p, m)
 
-        if device == "cuda":
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(3):
-                    step()
-            torch.cuda.current_stream().wait_stream(s)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = step()
-            run = graph.replay
-        else:
-            out = step()
-            run = step
+        run = graphed(step, device)
         for _ in range(5):
             run()
         runs = []
@@ -150,7 +162,6 @@ def measure(name: str, ctx: int, prompt: int, steps: int, device: str) -> dict:
                 m[..., p] = True  # the next position becomes visible (an in-place write, graph-safe)
             sync()
             runs.append((time.perf_counter() - t) / steps)
-        del out
     step_s = sorted(runs)[1]
     return {"model": name, "context": ctx, "prompt_len": prompt, "steps": steps, "prefill_s": prefill_s,
             "prefill_tok_s": prompt / prefill_s, "decode_step_s": step_s, "decode_tok_s": 1 / step_s,
@@ -192,13 +203,13 @@ def predict(row: dict, target: str = "nvidia-h200") -> dict:
             "decode_binding": r.decode.binding, "prefill_binding": r.prefill.binding}
 
 
-def _prefill_parts(row: dict) -> tuple[float, float]:
-    """Matmul and attention flops of the row's prefill (attention over the whole static cache)."""
+def _prefill_parts(row: dict) -> tuple[float, float, float]:
+    """Matmul flops, attention flops and bytes of the row's prefill (attention over the whole static cache)."""
     from edge.sim import forward_cost, load_recipe
 
     c = forward_cost(spec_of(row["model"]), load_recipe("bf16"), row["prompt_len"], row["context"], start=0,
                      attend_full_context=True)
-    return c.flops - c.cpu_flops["attention"], c.cpu_flops["attention"]
+    return c.flops - c.cpu_flops["attention"], c.cpu_flops["attention"], c.bytes
 
 
 def _lstsq2(pts: list[tuple[float, float, float, float]]) -> tuple[float, float]:
@@ -216,10 +227,11 @@ def fit(rows: list[dict], ceilings: dict) -> dict:
     """The torch-cuda efficiency row from these measurements.
 
     decode: least squares of step time = bytes / (peak_bw * eff) + n_layers * overhead;
-    prefill: eager prefill is bound by launching kernels, which hides the matmuls (at the measured
-    bf16 matmul ceiling they take 0.8-2.4 ms of the 6-15 ms): least squares (relative errors) of
-    prefill time = n_layers * overhead + attention flops / (peak * attention_eff), the masked SDPA over
-    the whole static cache being what grows with the context; the row says prefill_overhead_overlaps.
+    prefill (one CUDA-graph replay): matmul fraction = the measured bf16 matmul ceiling / peak, the
+    weights streamed at decode's rate, the longer of the two; then least squares (relative errors) of
+    what that leaves = attention flops / (peak *
+    attention_eff) + n_layers * overhead, the masked SDPA over the whole static cache being what grows
+    with the context.
     """
     from edge.targets import load_target
 
@@ -229,9 +241,10 @@ def fit(rows: list[dict], ceilings: dict) -> dict:
                              for r in rows])
     pc = ceilings.get("bf16_matmul_flops", 0.8 * peak) / peak
     pts = []
-    for r in rows:
-        lin, att = _prefill_parts(r)
-        pts.append((att / peak, spec_of(r["model"]).n_layers, r["prefill_s"], 1 / r["prefill_s"] ** 2))
+    for r in rows:  # a 128-token prefill of these shapes still streams weights longer than it computes
+        lin, att, byts = _prefill_parts(r)
+        mm = max(lin / (peak * pc), byts * inv_eff / bw)
+        pts.append((att / peak, spec_of(r["model"]).n_layers, r["prefill_s"] - mm, 1 / r["prefill_s"] ** 2))
     inv_att, pover = _lstsq2(pts)
     return {"decode_bandwidth": 1 / inv_eff, "overhead_per_layer_s": over, "prefill_compute": pc,
             "prefill_attention_compute": 1 / inv_att if inv_att > 0 else -1.0,
@@ -286,8 +299,8 @@ def main() -> None:
                 torch.cuda.empty_cache()
     meta = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
             "dtype": "bf16" if args.device == "cuda" else "fp32", "batch": 1, "ceilings": ceilings, "date": time.strftime("%Y-%m-%d %H:%M"),
-            "method": "decode: CUDA graph replay per step, median of 3 runs of --steps steps; prefill: eager, "
-                      "median of 5 after 2 warm-ups; static KV cache, SDPA over the whole cache with a mask"}
+            "method": "decode: CUDA graph replay per step, median of 3 runs of --steps steps; prefill: one CUDA "
+                      "graph replay, median of 15 after 5 warm-ups; static KV cache, SDPA over the whole cache with a mask"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print("wrote", args.out)

@@ -144,9 +144,6 @@ class Efficiency:
     # prefill; -1: counted with the matmuls at the row's compute fraction
     attention_compute: float = -1.0
     prefill_attention_compute: float = -1.0
-    # eager prefill bound by the host launching kernels: the per-layer overhead then overlaps the
-    # matmuls (the stage takes the longer of the two) instead of adding to them
-    prefill_overhead_overlaps: bool = False
     bandwidth_of: str = "peak"  # 'peak' or 'measured': which memory bandwidth the fraction is of
     fitted_to: tuple[str, ...] = ()
     source: str = ""
@@ -154,12 +151,6 @@ class Efficiency:
 
     def covers(self, runtime: str, recipe: str) -> bool:
         return self.runtime == runtime and (not self.recipes or recipe in self.recipes)
-
-
-def _flag(v, err, key: str) -> bool:
-    if not isinstance(v, bool):
-        raise err(key, f"expected true or false, got {v!r}")
-    return v
 
 
 @dataclass(frozen=True)
@@ -475,7 +466,7 @@ def parse_profile(doc: Any, path: str = "<profile>") -> TargetProfile:
         key = f"efficiency[{i}]"
         e = r.mapping(e, key, ("runtime", "recipes", "compute_dtype", "decode_bandwidth", "decode_compute",
                                "prefill_compute", "overhead_per_layer", "prefill_overhead_per_layer", "fallback_compute", "attention_compute",
-                               "prefill_attention_compute", "prefill_overhead_overlaps", "bandwidth_of", "fitted_to",
+                               "prefill_attention_compute", "bandwidth_of", "fitted_to",
                                *_PROV),
                       ("runtime", "compute_dtype", "decode_bandwidth", "decode_compute", "prefill_compute"))
         if e["runtime"] not in runtimes:
@@ -510,7 +501,6 @@ def parse_profile(doc: Any, path: str = "<profile>") -> TargetProfile:
             if "attention_compute" in e else -1.0,
             prefill_attention_compute=r.fraction(e["prefill_attention_compute"], f"{key}.prefill_attention_compute")
             if "prefill_attention_compute" in e else -1.0,
-            prefill_overhead_overlaps=_flag(e.get("prefill_overhead_overlaps", False), r.err, f"{key}.prefill_overhead_overlaps"),
             bandwidth_of=bw_of,
             fitted_to=fitted,
             source=prov if prov.startswith("source") else "",

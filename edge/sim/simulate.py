@@ -7,9 +7,6 @@ decode (one token per weight read) is usually bandwidth-bound. Each stage's time
         + n_layers * overhead_per_layer + time of the parts left on the CPU
         + attention flops / (float peak * attention_eff)     (rows that measure attention apart)
 
-(a row with ``prefill_overhead_overlaps`` takes the per-layer overhead of prefill inside the max:
-eager execution bound by kernel launches hides the matmuls under them)
-
 with the efficiencies read from the target's measured table, never constants in code::
 
     from edge.sim import simulate, Workload
@@ -183,8 +180,6 @@ class _Machine:
             "overhead": self.spec.n_layers * (e.prefill_overhead_per_layer if stage == "prefill"
                                               and e.prefill_overhead_per_layer >= 0 else e.overhead_per_layer),
         }
-        if stage == "prefill" and e.prefill_overhead_overlaps:  # launch-bound: overlaps the matmuls
-            t["launch"] = t.pop("overhead")
         if att:  # in float, after the matmuls (not overlapped with the weight stream)
             t["attention"] = att / (self.float_peak * att_frac)
         if self.cpu_ops:
@@ -195,8 +190,8 @@ class _Machine:
 
     @staticmethod
     def seconds(t: dict) -> float:
-        return (max(t["compute"], t["bandwidth"], t.get("launch", 0.0)) + t.get("overhead", 0.0)
-                + t.get("cpu_fallback", 0.0) + t.get("attention", 0.0))
+        return (max(t["compute"], t["bandwidth"]) + t["overhead"] + t.get("cpu_fallback", 0.0)
+                + t.get("attention", 0.0))
 
 
 def _stage(tokens: int, steps: list[tuple[ForwardCost, dict]], m: _Machine, weight: float = 1.0) -> Stage:

@@ -188,14 +188,3 @@ def test_attention_rate_is_apart_from_the_matmuls(tmp_path):
     # the slow attention costs more the longer the context; without the row it hides under the stream
     assert (base_s.decode_tok_s / s.decode_tok_s) < (base_l.decode_tok_s / ll.decode_tok_s)
 
-
-def test_launch_bound_prefill_overlaps_the_matmuls(tmp_path):
-    add = _with_row(tmp_path, "nvidia-h200", prefill_overhead_overlaps=False)
-    over = _with_row(tmp_path, "nvidia-h200", prefill_overhead_overlaps=True)
-    a = simulate(LLAMA8B, "bf16", add, runtime="torch-cuda", workload=WL, budgets=[])
-    o = simulate(LLAMA8B, "bf16", over, runtime="torch-cuda", workload=WL, budgets=[])
-    assert o.prefill.binding == "launch" and o.prefill_tok_s > a.prefill_tok_s
-    t = o.prefill.times
-    assert o.prefill.seconds == pytest.approx(max(t["compute"], t["bandwidth"], t["launch"]) + t.get("attention", 0))
-    with pytest.raises(ConfigError, match="prefill_overhead_overlaps"):
-        load_target(_with_row(tmp_path, "nvidia-h200", prefill_overhead_overlaps="yes"))
