@@ -13,7 +13,10 @@ from edge.errors import ModelLoadError
 
 # llama.cpp's KV cache element types (ggml_type ids); "f32" makes logits comparable to the torch
 # reference to ~1e-5, the default f16 cache differs by ~3e-2.
-KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}
+# A recipe's int8 KV cache is llama.cpp's q8_0 (blocks of 32 int8 with an f16 scale), which needs
+# flash attention for the V cache.
+KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "int8": 8}
+QUANTIZED_KV = ("q8_0", "int8")
 
 
 class LlamaCppRunner:
@@ -28,15 +31,18 @@ class LlamaCppRunner:
         self.path = Path(path)
         if not self.path.exists():
             raise ModelLoadError(f"{self.path}: no such GGUF file")
+        if kv_type not in KV_TYPES:
+            raise ModelLoadError(f"{self.path}: KV cache type '{kv_type}' unknown; llama.cpp takes {', '.join(KV_TYPES)}")
         try:
             self.llm = llama_cpp.Llama(
                 model_path=str(self.path), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_ubatch=min(n_batch, n_ctx),
                 n_threads=n_threads, logits_all=True, verbose=False, seed=0,
-                type_k=KV_TYPES[kv_type], type_v=KV_TYPES[kv_type],
+                type_k=KV_TYPES[kv_type], type_v=KV_TYPES[kv_type], flash_attn=kv_type in QUANTIZED_KV,
             )
         except Exception as e:
             raise ModelLoadError(f"{self.path}: llama.cpp could not load it ({e})") from e
         self.max_context = n_ctx
+        self.kv_type = kv_type
 
     def logits(self, tokens: list[int]) -> np.ndarray:
         self.llm.reset()
