@@ -109,14 +109,77 @@ def validate(package: str | Path, budgets=(), reference=None, window: int | None
             rep.checks.append(Check(f"{name}: loads", False, detail=str(e)))
             continue
         rep.checks.append(Check(f"{name}: loads", True))
-        c = compare(reference, runner.logits, text, window=window, max_windows=max_windows).to_dict()
+        host = _Memo(runner.logits)
+        c = compare(reference, host, text, window=window, max_windows=max_windows).to_dict()
         rep.accuracy[name] = c
         for fig, op, limit in acc_budgets:
             v = c[ACCURACY_FIGURES[fig]]
             rep.checks.append(Check(f"{name}: {fig}", _holds(v, op, limit), round(v, 6), f"{op}{limit}",
                                     f"against the unquantized reference on {c['tokens']} held-out tokens"))
+        if art.get("device_runtime") == "qnn-htp" and art.get("layout", {}).get("dtype", "").startswith("qdq"):
+            rep.checks += _htp_checks(rep, pkg, m, art, reference, host, text, window, max_windows, acc_budgets)
     rep.checks += _sim_checks(m, sim_budgets)
     return rep
+
+
+# the emulated HTP and ONNX Runtime's CPU run one QDQ graph: they differ only by the HTP's fixed-point
+# arithmetic inside ops (softmax, division, 16x16 matmuls); measured on the built-in model (docs/export.md)
+HTP_VS_CPU_TOP1 = 0.9
+
+
+class _Memo:
+    """A logits function that computes each window once (the emulated HTP costs seconds per call)."""
+
+    def __init__(self, fn):
+        self.fn, self.seen = fn, {}
+
+    def __call__(self, tokens):
+        key = tuple(int(t) for t in tokens)
+        if key not in self.seen:
+            self.seen[key] = self.fn(list(tokens))
+        return self.seen[key]
+
+
+def _htp_checks(rep, pkg: Path, m: dict, art: dict, reference, host, text, window, max_windows,
+                acc_budgets) -> list[Check]:
+    """The QDQ artifact on Qualcomm's emulated HTP (onnxruntime-qnn), CPU fallback disabled: against
+    the reference (the same accuracy budgets) and against ONNX Runtime's CPU run of the same graph."""
+    import time
+
+    import numpy as np
+
+    from edge.eval import compare
+    from edge.runtime import qnn
+    from edge.targets import load_target
+
+    name = f"{art['files'][0]} (qnn-htp, emulated)"
+    if not qnn.available():
+        return [Check(f"{name}: not run", True, detail="onnxruntime-qnn is not installed (pip install 'edge[qnn]')")]
+    try:
+        opts = qnn.qnn_options(load_target(m["target"]))
+        t0 = time.perf_counter()
+        cos, sin = np.load(pkg / "rope.npy")
+        htp = qnn.QnnHtpRunner(pkg, art["layout"], cos, sin, **opts)
+        load_s = time.perf_counter() - t0
+    except Exception as e:
+        return [Check(f"{name}: every node on the HTP (CPU fallback disabled)", False, detail=str(e))]
+    out = [Check(f"{name}: every node on the HTP (CPU fallback disabled)", True, round(load_s, 2),
+                 detail=f"htp_arch {opts['htp_arch']}; session creation {load_s:.1f} s")]
+    t0 = time.perf_counter()
+    dev = _Memo(htp.logits)
+    c = compare(reference, dev, text, window=window, max_windows=max_windows).to_dict()
+    c["seconds"] = round(time.perf_counter() - t0, 1)
+    rep.accuracy[name] = c
+    for fig, op, limit in acc_budgets:
+        v = c[ACCURACY_FIGURES[fig]]
+        out.append(Check(f"{name}: {fig}", _holds(v, op, limit), round(v, 6), f"{op}{limit}",
+                         f"against the unquantized reference on {c['tokens']} held-out tokens"))
+    vs = compare(host, dev, text, window=window, max_windows=max_windows).to_dict()
+    rep.accuracy[f"{name} vs {art['files'][0]} (onnxruntime)"] = vs
+    out.append(Check(f"{name}: top1 vs onnxruntime CPU", vs["top1_agreement"] >= HTP_VS_CPU_TOP1,
+                     round(vs["top1_agreement"], 6), f">={HTP_VS_CPU_TOP1}",
+                     f"same graph on both; KLD {vs['kld_mean']:.5f}, max |logit diff| {vs['max_abs_logit_diff']:.3f}"))
+    return out
 
 
 def _reference(m: dict):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv in the repository root and install edge with everything it needs.
 #   bash scripts/setup.sh          # the SDK, its runtimes (ExecuTorch, ONNX Runtime, llama.cpp), the built-in model
-#   bash scripts/setup.sh --test   # ... plus the test dependencies (pytest, transformers, ruff)
+#   bash scripts/setup.sh --test   # ... plus the test dependencies (pytest, transformers, ruff) and, on
+#                                  #     Linux x86-64, onnxruntime-qnn (the emulated Hexagon NPU the tests run)
 # Idempotent: a second run with unchanged pins takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,9 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 extras="plot"
 [ "${1:-}" = "--test" ] && extras="plot,test"
+# onnxruntime-qnn is a plugin provider (module onnxruntime_qnn) beside onnxruntime, not a replacement:
+# it needs onnxruntime>=1.24.2 and leaves our pinned onnxruntime in place. Wheels: Linux x86-64 (and Windows)
+[ "$extras" = "plot,test" ] && [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] && extras="plot,test,qnn"
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 stamp=".venv/.edge-setup-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)-${extras//,/-}"

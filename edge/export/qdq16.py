@@ -119,14 +119,14 @@ def _div_norms(m: nn.Module) -> None:
 def _weight_names(model: nn.Module, q) -> dict[str, str]:
     """sha256 of each quantized linear's (in, out) fp32 weight -> its name in ``q.tensors``: the ONNX
     exporter names its transposed constants freely, the values are exact."""
-    params = dict(model.named_parameters())
     out = {}
     for name in q.tensors:
         if name == "embed_tokens.weight" and not model.spec.tie_embeddings:
-            continue
-        key = "lm_head.weight" if name == "embed_tokens.weight" else name
-        if key in params and params[key].dim() == 2:
-            out[_digest(params[key].detach().float().numpy().T)] = name
+            continue  # an untied embedding is a Gather table, not a MatMul weight
+        key = "lm_head.weight" if name == "embed_tokens.weight" else name  # tied: the head's MatMul
+        w = model.get_submodule(key.rsplit(".", 1)[0]).weight  # (named_parameters lists a tied tensor once)
+        if w.dim() == 2:
+            out[_digest(w.detach().float().numpy().T)] = name
     return out
 
 
@@ -216,6 +216,8 @@ def export_w4a16(model: nn.Module, out_dir: str | Path, cfg, stem: str = "model"
         progress(f"qdq16: {rec.name} quantized ({q.info.get('seconds', 0):.0f} s)")
     m = ox.prepare(src, torch.float32)
     _div_norms(m)
+    if m.lm_head.weight is m.embed_tokens.weight:  # a tied head gets its own (transposed) constant:
+        m.lm_head.weight = nn.Parameter(m.lm_head.weight.detach().clone(), requires_grad=False)  # int8 codes
     limit = min(x for x in (cfg.max_graph_bytes, fmt.max_graph_bytes) if x) if (cfg.max_graph_bytes or fmt.max_graph_bytes) else float("inf")
     # 2 bytes per weight bound the QDQ graph (int16 embedding table; int8 and int4 + scales below it);
     # the fp32 graph exported first (4 bytes) must stay under protobuf's 2 GB, hence at most 1 GB here
@@ -262,6 +264,13 @@ def export_w4a16(model: nn.Module, out_dir: str | Path, cfg, stem: str = "model"
             warnings.simplefilter("ignore")
             qcfg = get_qnn_qdq_config(str(path), Feeds(feeds), activation_type=QuantType.QUInt16,
                                       weight_type=QuantType.QInt16, per_channel=False)
+            # ranges are folded in every few prefills: keeping every intermediate of every feed (the
+            # calibrator's default) is ~0.5 GB per prefill on the built-in model
+            # (ORT 1.32 raises "No data is collected" when the count divides the number of feeds)
+            k = 4
+            while len(feeds) % k == 0:
+                k += 1
+            qcfg.extra_options["CalibMaxIntermediateOutputs"] = k
             quantize(str(path), str(tmp), qcfg)
         for k, v in _replace_weights(tmp, mm, q).items():
             counts[k] = counts.get(k, 0) + v
