@@ -23,6 +23,8 @@ profile's size or output-count limit is split into parts that run in sequence.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -36,10 +38,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge.errors import ConfigError, EdgeError
+from edge.quant.w8a8 import W8A8Config, W8A8Plan
 
 MASK_MIN = -10000.0  # finite: NPU toolchains (QNN HTP) mis-handle -inf in quantized masks
 ONNX_DTYPES = ("fp32", "fp16", "qdq-w8a8", "qdq-w4a16")  # qdq-w4a16: edge.export.qdq16
-QDQ_SMOOTH_ALPHA = 0.8  # SmoothQuant migration strength: best of 0.3-1.0 on the built-in model (docs/export.md)
+INT16_QDQ_OPSET = 21  # QuantizeLinear/DequantizeLinear take int16 from opset 21
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class OnnxConfig:
     max_seq: int = 512  # cache slots S
     format: str = "onnx"
     max_graph_bytes: float = 0.0  # the target runtime's limit (0: the format's own)
+    w8a8: W8A8Config | None = None  # qdq-w8a8: the static-int8 scheme (None: W8A8Config())
 
     def __post_init__(self) -> None:
         if self.dtype not in ONNX_DTYPES:
@@ -88,10 +92,14 @@ class OnnxExport:
     seconds: float
     quantized_matmuls: int = 0
     parts_reason: str = ""
+    precision: dict | None = None  # qdq-w8a8: W8A8Plan.summary() (what is not int8, and its MACs)
 
     def to_dict(self) -> dict:
-        return {"files": self.files, "seconds": round(self.seconds, 1), "quantized_matmuls": self.quantized_matmuls,
-                "parts_reason": self.parts_reason, **{k: self.layout[k] for k in ("dtype", "opset", "fixed_seq")}}
+        d = {"files": self.files, "seconds": round(self.seconds, 1), "quantized_matmuls": self.quantized_matmuls,
+             "parts_reason": self.parts_reason, **{k: self.layout[k] for k in ("dtype", "opset", "fixed_seq")}}
+        if self.precision is not None:
+            d["precision"] = self.precision
+        return d
 
 
 # ---- the graph -------------------------------------------------------------------------------
@@ -184,41 +192,6 @@ class RowScaledLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-@torch.no_grad()
-def smooth(model: nn.Module, calib_tokens: np.ndarray, alpha: float = QDQ_SMOOTH_ALPHA) -> dict[str, torch.Tensor]:
-    """SmoothQuant, in place: per-input-channel scales from the max |x| each linear group reads on
-    ``calib_tokens`` (n, T), folded into the producers (norm weights; up_proj rows for down_proj) so
-    the float model is unchanged and the per-tensor int8 activation scales see no outlier channels.
-    Returns the per-channel max |x| that set the scales, by group (``layers.i.<first linear>``)."""
-    from edge.quant.smoothquant import fold_input_scale, smooth_scales
-
-    groups = []  # (producer, consumers, key)
-    for i, layer in enumerate(model.layers):
-        a, f = layer.self_attn, layer.mlp
-        groups += [(layer.input_layernorm, [a.q_proj, a.k_proj, a.v_proj], f"layers.{i}.self_attn.q_proj"),
-                   (layer.post_attention_layernorm, [f.gate_proj, f.up_proj], f"layers.{i}.mlp.gate_proj"),
-                   (f.up_proj, [f.down_proj], f"layers.{i}.mlp.down_proj")]
-    absmax: dict[str, torch.Tensor] = {}
-
-    def record(key):
-        def hook(module, args):
-            am = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()  # (in,)
-            absmax[key] = am if key not in absmax else torch.maximum(absmax[key], am)
-        return hook
-
-    mods = dict(model.named_modules())
-    hooks = [mods[key].register_forward_pre_hook(record(key)) for _, _, key in groups]
-    try:
-        for row in np.asarray(calib_tokens):
-            model(torch.as_tensor(row[None], dtype=torch.long))
-    finally:
-        for h in hooks:
-            h.remove()
-    for prev, linears, key in groups:
-        fold_input_scale(prev, linears, smooth_scales(absmax[key], linears, alpha))
-    return absmax
-
-
 def prepare(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A deep copy with norms as matmuls and IO attention; the reference model is untouched."""
     spec = model.spec
@@ -296,8 +269,9 @@ def root_cause(e: BaseException) -> str:
     return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
 
 
-def _export_part(part: OnnxPart, path: Path, cfg: OnnxConfig, spec, dtype: torch.dtype) -> None:
-    fmt = cfg.constraints
+def _export_part(part: OnnxPart, path: Path, cfg: OnnxConfig, spec, dtype: torch.dtype,
+                 fmt: OnnxFormat | None = None) -> None:
+    fmt = fmt or cfg.constraints
     T = min(fmt.fixed_seq, cfg.max_seq) if fmt.fixed_seq else 2
     S = cfg.max_seq
     first = (torch.zeros(1, T, dtype=torch.long) if part.first else torch.zeros(1, T, spec.dim, dtype=dtype))
@@ -351,11 +325,16 @@ def export_onnx(model: nn.Module, out_dir: str | Path, cfg: OnnxConfig = OnnxCon
         raise ConfigError("onnx qdq-w8a8 needs calibration tokens for its activation scales (calib_tokens)")
     dtype = torch.float16 if cfg.dtype == "fp16" else torch.float32
     fmt = cfg.constraints
-    src = model
-    if cfg.dtype == "qdq-w8a8":
-        src = copy.deepcopy(model).float().eval()
-        src.drop_cache()
-        smooth(src, calib_tokens)
+    src, plan = model, None
+    if cfg.dtype == "qdq-w8a8":  # rotation/smoothing, int8 weights and the activation scales, in torch
+        from edge.quant.w8a8 import groups_of, prepare_w8a8
+
+        src, plan = prepare_w8a8(model, calib_tokens, cfg.w8a8 or W8A8Config())
+        if any(a.bits == 16 for a in plan.acts.values()) and fmt.opset < INT16_QDQ_OPSET:
+            if fmt.opset < 13:
+                raise ConfigError(f"onnx format '{cfg.format}' (opset {fmt.opset}) cannot write int16 activations "
+                                  f"(QuantizeLinear takes int16 from opset {INT16_QDQ_OPSET}); keep them in float")
+            fmt = dataclasses.replace(fmt, opset=INT16_QDQ_OPSET)
     m = prepare(src, dtype)
     del src
     if cfg.dtype == "qdq-w8a8":  # per-channel weights as a per-tensor scale and a float Mul (any opset)
@@ -371,14 +350,19 @@ def export_onnx(model: nn.Module, out_dir: str | Path, cfg: OnnxConfig = OnnxCon
     files = [f"{stem}.onnx"] if len(parts) == 1 else [f"{stem}.part{i}.onnx" for i in range(len(parts))]
     for f, (lo, hi) in zip(files, parts):
         tmp = out_dir / (f + ".tmp")
-        _export_part(OnnxPart(m, lo, hi), tmp, cfg, m.spec, dtype)
+        _export_part(OnnxPart(m, lo, hi), tmp, cfg, m.spec, dtype, fmt)
         check_format(tmp, fmt)
         tmp.replace(out_dir / f)
     layout = onnx_layout(m, cfg, files, parts)
+    layout["opset"] = fmt.opset
     n_q = 0
-    if cfg.dtype == "qdq-w8a8":
-        n_q = quantize_qdq(out_dir, layout, model, calib_tokens)
-    return OnnxExport(files, layout, time.perf_counter() - t0, n_q, reason)
+    if plan is not None:
+        n_q = sum(insert_qdq(out_dir / f, m, plan) for f in files)
+        want = sum(len(lins) for lins in groups_of(m).values())
+        if n_q != want:
+            raise EdgeError(f"QDQ: {n_q} of the {want} linears were found in the exported graph")
+    return OnnxExport(files, layout, time.perf_counter() - t0, n_q, reason,
+                      plan.summary() if plan is not None else None)
 
 
 def check_format(path: Path, fmt: OnnxFormat) -> None:
@@ -405,57 +389,95 @@ def layout_json(layout: dict) -> str:
 
 
 # ---- QDQ int8 W8A8 ---------------------------------------------------------------------------
-def weight_matmuls(path: Path, vocab_size: int = 0) -> list[str]:
-    """MatMul nodes whose second input is a weight (an initializer): the linear layers. Attention's
-    activation-by-activation MatMuls and everything else stay in float (quantizing all ops breaks a
-    Llama block: measured 6% top-1 on a toy, see docs/export.md). The lm_head (a ``vocab_size``-wide
-    weight) stays in float too: its logits decide top-1 directly."""
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()
+
+
+def insert_qdq(path: Path, model: nn.Module, plan: W8A8Plan) -> int:
+    """Rewrite one exported fp32 part in place into its QDQ graph, with exactly the plan's numbers:
+
+    - each linear's weight (a MatMul initializer, ``(W / rowmax)^T`` from RowScaledLinear) becomes
+      int8 codes + DequantizeLinear with the one scale 1/127: per-channel int8 at any opset;
+    - each group's input gets QuantizeLinear -> DequantizeLinear with its static scale and zero
+      point (uint8 asymmetric, int8 or int16 symmetric), shared by the group's linears; a group the
+      plan keeps in float gets none (int8 weights, float activations: a CPU node on the device).
+
+    Everything else (norms, RoPE, attention, the lm_head) stays float. The linears are found by
+    their weights' bytes, so node names do not matter. Returns the number of MatMuls rewritten."""
     import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edge.quant.w8a8 import groups_of
 
     mp = onnx.load(str(path))
-    # the norms' 1/dim column and RoPE's rotation are buffers, not weights: they stay in float
-    weights = {i.name for i in mp.graph.initializer if len(i.dims) == 2 and min(i.dims) > 1
-               and not i.name.endswith((".inv_dim", ".rot")) and vocab_size not in i.dims}
-    return [n.name for n in mp.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-
-
-def quantize_qdq(out_dir: Path, layout: dict, model: nn.Module, calib_tokens: np.ndarray) -> int:
-    """Replace each fp32 part with a QDQ graph: int8 symmetric weights (per-channel through
-    RowScaledLinear), uint8 activations with static per-tensor scales from MinMax calibration on
-    ``calib_tokens`` (n, T) prefills. MinMax, not percentile: clipping the SmoothQuant-ed outliers
-    measured top-1 0.33 against 0.71 (docs/export.md)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    from edge.runtime.onnxruntime import OnnxRunner
-
-    cos, sin = rope_tables(model, layout["max_seq"])
-    runner = OnnxRunner(out_dir, layout, cos, sin)
-    runner.record = [[] for _ in layout["parts"]]
-    for row in np.asarray(calib_tokens):
-        runner.prefill([int(t) for t in row[: layout["max_seq"]]])
-    recorded = runner.record_done()
-
-    class Feeds(CalibrationDataReader):
-        def __init__(self, feeds):
-            self.it = iter(feeds)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    n = 0
-    for part, feeds in zip(layout["parts"], recorded):
-        src = out_dir / part["file"]
-        nodes = weight_matmuls(src, layout["vocab_size"])
-        tmp = out_dir / (part["file"] + ".qdq.tmp")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quantize_static(str(src), str(tmp), Feeds(feeds), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
-                            # per-tensor on W / row max (RowScaledLinear): opset 11 has no axis, and
-                            # ORT's per-channel MatMul at opset 18 measured top-1 0.40 on the built-in model
-                            per_channel=False,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
-        tmp.replace(src)
-        n += len(nodes)
+    g = mp.graph
+    owner = {}  # weight digest (as the graph stores it: (in, out)) -> group
+    for grp, lins in groups_of(model).items():
+        for lin in lins:
+            owner[_digest(lin.weight.detach().T.numpy())] = grp
+    inits = {i.name: i for i in g.initializer}
+    zp_type = {(8, False): TensorProto.UINT8, (8, True): TensorProto.INT8, (16, True): TensorProto.INT16}
+    done_w: dict[str, str] = {}
+    done_x: dict[str, str] = {}
+    drop, nodes, n = set(), [], 0
+    for node in g.node:
+        grp = None
+        if node.op_type == "MatMul" and node.input[1] in inits:
+            arr = numpy_helper.to_array(inits[node.input[1]])
+            grp = owner.get(_digest(arr)) if arr.ndim == 2 else None
+        if grp is None:
+            nodes.append(node)
+            continue
+        w = node.input[1]
+        if w not in done_w:
+            codes = np.round(arr.astype(np.float64) * 127.0)
+            if np.abs(codes).max() > 127 or np.abs(codes / 127.0 - arr).max() > 1e-5:
+                raise EdgeError(f"{path.name}: weight of {grp} is not on the int8 grid of its rows")
+            g.initializer.extend([numpy_helper.from_array(codes.astype(np.int8), w + "_q"),
+                                  numpy_helper.from_array(np.array(1.0 / 127.0, np.float32), w + "_s"),
+                                  numpy_helper.from_array(np.array(0, np.int8), w + "_zp")])
+            nodes.append(helper.make_node("DequantizeLinear", [w + "_q", w + "_s", w + "_zp"], [w + "_dq"],
+                                          name=f"{w}_DequantizeLinear"))
+            done_w[w] = w + "_dq"
+            drop.add(w)
+        node.input[1] = done_w[w]
+        aq = plan.acts[grp]
+        x = node.input[0]
+        if aq.bits and x not in done_x:
+            s, z = f"{grp}.act_scale", f"{grp}.act_zp"
+            g.initializer.extend([numpy_helper.from_array(np.array(aq.scale, np.float32), s),
+                                  helper.make_tensor(z, zp_type[(aq.bits, aq.signed)], [], [aq.zero_point])])
+            xin = x
+            if aq.float_channels:  # the outlier channels are zeroed here and computed in float below
+                mask = np.ones(arr.shape[0], np.float32)
+                mask[list(aq.float_channels)] = 0.0
+                g.initializer.append(numpy_helper.from_array(mask, f"{grp}.int8_channels"))
+                nodes.append(helper.make_node("Mul", [x, f"{grp}.int8_channels"], [x + "_int8ch"],
+                                              name=f"{grp}.int8_channels_Mul"))
+                xin = x + "_int8ch"
+            nodes += [helper.make_node("QuantizeLinear", [xin, s, z], [x + "_q"], name=f"{grp}.act_QuantizeLinear"),
+                      helper.make_node("DequantizeLinear", [x + "_q", s, z], [x + "_dq"],
+                                       name=f"{grp}.act_DequantizeLinear")]
+            done_x[x] = x + "_dq"
+        if aq.bits:
+            node.input[0] = done_x[x]
+        nodes.append(node)
+        if aq.bits and aq.float_channels:  # y = int8 MatMul + x[..., idx] @ W[idx] (float, few channels)
+            idx, out = f"{node.name}.float_idx", node.output[0]
+            g.initializer.extend([numpy_helper.from_array(np.array(aq.float_channels, np.int64), idx),
+                                  numpy_helper.from_array(np.ascontiguousarray(arr[list(aq.float_channels)]),
+                                                          f"{node.name}.float_w")])
+            node.output[0] = out + "_int8part"
+            nodes += [helper.make_node("Gather", [x, idx], [out + "_fch"], axis=-1, name=f"{node.name}.float_Gather"),
+                      helper.make_node("MatMul", [out + "_fch", f"{node.name}.float_w"], [out + "_floatpart"],
+                                       name=f"{node.name}.float_MatMul"),
+                      helper.make_node("Add", [out + "_int8part", out + "_floatpart"], [out],
+                                       name=f"{node.name}.split_Add")]
+        n += 1
+    keep = [i for i in g.initializer if i.name not in drop]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    del g.node[:]
+    g.node.extend(nodes)
+    onnx.save(mp, str(path))
     return n

@@ -78,10 +78,9 @@ def test_qdq_w8a8_quantizes_only_weight_matmuls(tiny, tmp_path):
     res, r = run(tiny, tmp_path, OnnxConfig(dtype="qdq-w8a8", max_seq=32), calib_tokens=calib)
     assert res.quantized_matmuls == 14  # 7 linears x 2 layers; the tied lm_head reads a Transpose, stays float
     ops = [n.op_type for n in onnx.load(str(tmp_path / "model.onnx")).graph.node]
-    assert ops.count("DequantizeLinear") >= 2 * 14 and "Softmax" in ops
+    assert ops.count("DequantizeLinear") == 14 + 8 and ops.count("QuantizeLinear") == 8 and "Softmax" in ops
     got, ref = r.logits(TOKENS), TorchRunner(tiny).logits(TOKENS)
-    # random weights have no activation outliers: SmoothQuant (alpha 0.8, tuned on the built-in model)
-    # only moves range into the weights here, hence the loose bound; built-in figures: docs/export.md
+    # random weights and random calibration tokens, hence the loose bound; built-in figures: docs/export.md
     assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.75 and np.abs(got - ref).max() < 1.5
 
 
@@ -98,11 +97,13 @@ def test_smoothing_and_row_scaling_leave_the_float_model_unchanged(tiny):
     for opset 11's missing per-channel axis are exact rewrites before any rounding."""
     import copy
 
-    from edge.export.onnx import RowScaledLinear, smooth
+    from edge.export.onnx import RowScaledLinear
+    from edge.quant.w8a8 import smooth_groups
 
     m = copy.deepcopy(tiny)
-    absmax = smooth(m, np.random.default_rng(0).integers(0, 256, (4, 16)))
-    assert len(absmax) == 3 * 2 and all(v.shape == (64,) or v.shape == (128,) for v in absmax.values())
+    before = m.layers[0].mlp.up_proj.weight.clone()
+    smooth_groups(m, np.random.default_rng(0).integers(0, 256, (4, 16)), 0.8, ("qkv", "gate_up", "down"))
+    assert not torch.allclose(before, m.layers[0].mlp.up_proj.weight)
     mlp = m.layers[0].mlp
     row = RowScaledLinear(mlp.down_proj)
     assert torch.allclose(row.weight.abs().amax(1), torch.ones(64))  # every row's max is 1: one int8 scale fits all

@@ -1,0 +1,437 @@
+"""Static W8A8 for NPUs: int8 per-channel weights, static per-tensor activation scales, computed in
+torch from calibration data; the ONNX QDQ writer (edge.export.onnx) writes exactly these numbers.
+
+Each decoder layer has four quantized activations ("groups"), each the input of its linears:
+
+    layers.i.qkv      RMSNorm output        -> q_proj, k_proj, v_proj
+    layers.i.o        attention output      -> o_proj
+    layers.i.gate_up  RMSNorm output        -> gate_proj, up_proj
+    layers.i.down     silu(gate) * up       -> down_proj
+
+The lm_head (and the embedding lookup) stay in float. The scheme (``W8A8Config``):
+
+- ``rotate``: an exact rewrite of the float model before quantizing (QuaRot-style, no online
+  transform): the RMSNorm weights are folded into the linears that read them, the residual
+  stream is multiplied by an orthogonal (randomised Hadamard) matrix Q (embedding ``E Q``,
+  readers ``W Q``, writers ``Q^T W``; RMSNorm commutes with Q), and each attention head's values
+  by a Hadamard matrix (v_proj rows, o_proj columns). Outlier channels of qkv/gate_up/o inputs are
+  spread over all channels, which is what per-tensor scales need.
+- ``alpha``: SmoothQuant migration strength for the groups the rotation does not reach (down,
+  folded into up_proj's rows); with ``rotate`` off, for qkv, gate_up and down as in the paper.
+- ``scales``: "minmax" (the calibrated range) or "mse" (the clip ratio of the range that minimises
+  the linear outputs' squared error on calibration rows).
+- ``act``: "asym" (uint8 with a zero point, ONNX Runtime's default) or "sym" (int8, zero point 0).
+- ``keep``: groups left at higher precision: "int16" (activations at 16 bits, weights int8;
+  NPUs that list int16) or "float" (activations in float: the node runs on the CPU).
+
+    qm, plan = prepare_w8a8(model, calib_tokens, W8A8Config())
+    attach_fake_quant(qm, plan)          # torch emulation of the QDQ graph
+    plan.summary()                       # int8 / int16 / float groups, fraction of MACs not int8
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge.errors import ConfigError
+
+GROUPS = ("qkv", "o", "gate_up", "down")
+ACT_MODES = ("asym", "sym")
+SCALE_METHODS = ("minmax", "mse")
+KEEP_PRECISIONS = ("int16", "float")
+
+
+@dataclass(frozen=True)
+class W8A8Config:
+    rotate: bool = True
+    alpha: float = 0.8
+    scales: str = "minmax"
+    act: str = "asym"
+    keep: tuple[tuple[str, str], ...] = ()  # ((group, "int16" | "float"), ...)
+    split: int = 0  # down inputs: this many outlier channels (largest calibrated |x|) computed in float
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.act not in ACT_MODES:
+            raise ConfigError(f"w8a8 act '{self.act}' unknown; allowed: {', '.join(ACT_MODES)}")
+        if self.scales not in SCALE_METHODS:
+            raise ConfigError(f"w8a8 scales '{self.scales}' unknown; allowed: {', '.join(SCALE_METHODS)}")
+        if self.split < 0:
+            raise ConfigError(f"w8a8 split must be >= 0 channels, got {self.split}")
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"w8a8 smoothquant alpha must be in [0, 1], got {self.alpha}")
+        for g, p in self.keep:
+            if p not in KEEP_PRECISIONS:
+                raise ConfigError(f"w8a8 keep: '{g}' at '{p}'; allowed: {', '.join(KEEP_PRECISIONS)}")
+
+
+@dataclass(frozen=True)
+class ActQuant:
+    """One activation's static quantization: ``x ~ (q - zero_point) * scale``; bits 0 = float."""
+
+    bits: int
+    scale: float = 1.0
+    zero_point: int = 0
+    signed: bool = True
+    float_channels: tuple[int, ...] = ()  # input channels that bypass the quantizer (split into a float MatMul)
+
+    @property
+    def qrange(self) -> tuple[int, int]:
+        if self.signed:
+            return -(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1
+        return 0, (1 << self.bits) - 1
+
+    def fake(self, x: torch.Tensor) -> torch.Tensor:
+        """Quantize-dequantize as ONNX QuantizeLinear/DequantizeLinear do (round half to even, saturate)."""
+        if not self.bits:
+            return x
+        lo, hi = self.qrange
+        s = torch.tensor(self.scale, dtype=torch.float32)
+        xf = x.float()
+        if self.float_channels:
+            keep = torch.zeros(x.shape[-1], dtype=torch.bool)
+            keep[list(self.float_channels)] = True
+            xq = torch.where(keep, torch.zeros((), dtype=xf.dtype), xf)
+        else:
+            xq = xf
+        q = torch.clamp(torch.round(xq / s) + self.zero_point, lo, hi)
+        y = (q - self.zero_point) * s
+        if self.float_channels:
+            y = torch.where(keep, xf, y)
+        return y.to(x.dtype)
+
+
+def act_params(lo: float, hi: float, bits: int, act: str) -> ActQuant:
+    """Scale and zero point for the range [lo, hi] (0 always inside), as ONNX Runtime computes them."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if bits == 8 and act == "asym":
+        scale = max(hi - lo, 1e-8) / 255.0
+        zp = int(np.clip(round(-lo / scale), 0, 255))
+        return ActQuant(8, scale, zp, signed=False)
+    qmax = (1 << (bits - 1)) - 1
+    return ActQuant(bits, max(max(-lo, hi), 1e-8) / qmax, 0, signed=True)
+
+
+@dataclass
+class W8A8Plan:
+    """What the scheme chose: each group's activation quantization and its MACs per token."""
+
+    config: W8A8Config
+    acts: dict[str, ActQuant]
+    macs: dict[str, int]  # group -> multiply-accumulates per token of its linears
+    in_dims: dict[str, int]  # group -> input channels
+    head_macs: int  # lm_head, always float
+    info: dict = field(default_factory=dict)
+
+    def precision(self, group: str) -> str:
+        b = self.acts[group].bits
+        return "float" if b == 0 else f"int{b}"
+
+    def summary(self) -> dict:
+        """Groups by activation precision and the MACs per token that are not int8 x int8."""
+        by: dict[str, list[str]] = {"int8": [], "int16": [], "float": []}
+        macs = {"int8": 0, "int16": 0, "float": 0}
+        split = 0
+        for g, aq in self.acts.items():
+            p = self.precision(g)
+            by[p].append(g)
+            f = self.macs[g] * len(aq.float_channels) // self.in_dims[g]  # the split-off channels' MatMul
+            macs[p] += self.macs[g] - f
+            macs["float"] += f
+            split += f
+        layer_macs = sum(self.macs.values())
+        total = layer_macs + self.head_macs
+        return {"scheme": {"rotate": self.config.rotate, "alpha": self.config.alpha, "scales": self.config.scales,
+                           "act": self.config.act},
+                "groups": {k: len(v) for k, v in by.items()}, "int16": by["int16"], "float": by["float"],
+                "split_channels": {g: list(a.float_channels) for g, a in self.acts.items() if a.float_channels},
+                "macs_per_token": {"int8": macs["int8"], "int16": macs["int16"], "float_layers": macs["float"],
+                                   "float_split_channels": split, "float_lm_head": self.head_macs},
+                "layer_macs_not_int8": round((macs["int16"] + macs["float"]) / layer_macs, 5),
+                "macs_not_int8": round((macs["int16"] + macs["float"] + self.head_macs) / total, 5)}
+
+
+# ---- the groups ------------------------------------------------------------------------------
+def group_linears(layer: nn.Module) -> dict[str, list[nn.Linear]]:
+    a, f = layer.self_attn, layer.mlp
+    return {"qkv": [a.q_proj, a.k_proj, a.v_proj], "o": [a.o_proj], "gate_up": [f.gate_proj, f.up_proj],
+            "down": [f.down_proj]}
+
+
+def groups_of(model: nn.Module) -> dict[str, list[nn.Linear]]:
+    out = {}
+    for i, layer in enumerate(model.layers):
+        if not hasattr(layer.mlp, "gate_proj"):
+            raise ConfigError(f"w8a8: layer {i} has a mixture-of-experts MLP; static W8A8 handles dense models")
+        for g, lins in group_linears(layer).items():
+            out[f"layers.{i}.{g}"] = lins
+    return out
+
+
+# ---- exact rewrites of the float model -------------------------------------------------------
+def hadamard(n: int) -> np.ndarray | None:
+    """A Hadamard matrix of order n = 2^a * 12^b (Sylvester and Paley), entries +-1; None otherwise."""
+    h = np.ones((1, 1))
+    b, rest = 0, n
+    while rest % 12 == 0:  # 12 = 4 * 3: take the 12s out first
+        rest //= 12
+        b += 1
+    if rest < 1 or rest & (rest - 1):  # not a power of two after the 12s
+        return None
+    h12 = _paley12()
+    for _ in range(b):
+        h = np.kron(h, h12)
+    s = np.array([[1.0]])
+    while s.shape[0] < rest:
+        s = np.block([[s, s], [s, -s]])
+    return np.kron(s, h)
+
+
+def _paley12() -> np.ndarray:
+    q = 11
+    residues = {(x * x) % q for x in range(1, q)}
+    chi = np.array([0] + [1 if k in residues else -1 for k in range(1, q)])
+    jac = np.array([[chi[(j - i) % q] for j in range(q)] for i in range(q)], dtype=np.float64)
+    s = np.zeros((q + 1, q + 1))
+    s[0, 1:] = 1
+    s[1:, 0] = -1
+    s[1:, 1:] = jac
+    return np.eye(q + 1) + s
+
+
+def orthogonal(n: int, seed: int) -> torch.Tensor:
+    """Randomised Hadamard ``diag(+-1) H / sqrt(n)`` (seeded signs: the same on every machine);
+    a seeded random orthogonal matrix where no Hadamard of order n is built here."""
+    rng = np.random.default_rng(seed)
+    signs = rng.choice([-1.0, 1.0], size=n)
+    h = hadamard(n)
+    if h is None:
+        qm, r = np.linalg.qr(rng.standard_normal((n, n)))
+        h = qm * np.sign(np.diag(r))[None, :] * math.sqrt(n)
+    return torch.from_numpy(signs[:, None] * h / math.sqrt(n)).float()
+
+
+@torch.no_grad()
+def rotate_model(model: nn.Module, seed: int = 0) -> None:
+    """In place, float model unchanged up to rounding: fold norms, rotate the residual stream by Q,
+    rotate each head's values by a Hadamard matrix (see the module docstring)."""
+    spec = model.spec
+    if spec.tie_embeddings:  # the head reads the residual with the final norm folded in: untie
+        model.lm_head.weight = nn.Parameter(model.embed_tokens.weight.detach().clone(), requires_grad=False)
+    q = orthogonal(spec.dim, seed)
+    hh = orthogonal(spec.head_dim, seed + 1)
+
+    def fold(norm, linears):
+        g = norm.weight.detach().float()
+        for lin in linears:
+            lin.weight.mul_(g[None, :])
+        norm.weight.fill_(1.0)
+
+    model.embed_tokens.weight.copy_(model.embed_tokens.weight.float() @ q)
+    for layer in model.layers:
+        lins = group_linears(layer)
+        fold(layer.input_layernorm, lins["qkv"])
+        fold(layer.post_attention_layernorm, lins["gate_up"])
+        for lin in lins["qkv"] + lins["gate_up"]:
+            lin.weight.copy_(lin.weight @ q)
+        for lin in lins["o"] + lins["down"]:
+            lin.weight.copy_(q.T @ lin.weight)
+        a = layer.self_attn
+        hd = a.hd
+        wv = a.v_proj.weight.view(a.n_kv, hd, -1)
+        wv.copy_(torch.einsum("dk,hdi->hki", hh, wv))  # rows of each kv head: Hh^T W_v
+        if a.v_proj.bias is not None:
+            a.v_proj.bias.copy_((a.v_proj.bias.view(a.n_kv, hd) @ hh).reshape(-1))
+        wo = a.o_proj.weight.view(spec.dim, a.n_heads, hd)
+        wo.copy_(wo @ hh)  # columns of each head: W_o Hh
+    fold(model.norm, [model.lm_head])
+    model.lm_head.weight.copy_(model.lm_head.weight @ q)
+
+
+@torch.no_grad()
+def input_absmax(model: nn.Module, tokens: np.ndarray, groups: list[str]) -> dict[str, torch.Tensor]:
+    """Per-channel max |x| of each group's input over ``tokens`` (n, T) (float forward)."""
+    lin = groups_of(model)
+    out: dict[str, torch.Tensor] = {}
+
+    def record(g):
+        def hook(module, args):
+            am = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
+            out[g] = am if g not in out else torch.maximum(out[g], am)
+        return hook
+
+    hooks = [lin[g][0].register_forward_pre_hook(record(g)) for g in groups]
+    try:
+        for row in np.asarray(tokens):
+            model(torch.as_tensor(row[None], dtype=torch.long))
+    finally:
+        for h in hooks:
+            h.remove()
+    return out
+
+
+@torch.no_grad()
+def smooth_groups(model: nn.Module, tokens: np.ndarray, alpha: float, groups: tuple[str, ...]) -> None:
+    """SmoothQuant on the named group kinds ("qkv", "gate_up", "down"), folded into the producers."""
+    from edge.quant.smoothquant import fold_input_scale, smooth_scales
+
+    lin = groups_of(model)
+    names = [f"layers.{i}.{g}" for i in range(len(model.layers)) for g in groups]
+    absmax = input_absmax(model, tokens, names)
+    for name in names:
+        i, g = int(name.split(".")[1]), name.split(".")[2]
+        layer = model.layers[i]
+        prev = {"qkv": layer.input_layernorm, "gate_up": layer.post_attention_layernorm, "down": layer.mlp.up_proj}[g]
+        fold_input_scale(prev, lin[name], smooth_scales(absmax[name], lin[name], alpha))
+
+
+@torch.no_grad()
+def quantize_weights_int8(model: nn.Module) -> None:
+    """Every group linear's weight -> its per-output-channel symmetric int8 codes, dequantized
+    (codes in [-127, 127], scale = row max / 127: the row max is exactly representable)."""
+    for lins in groups_of(model).values():
+        for lin in lins:
+            w = lin.weight.float()
+            s = w.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127.0
+            lin.weight.copy_((torch.round(w / s).clamp(-127, 127) * s).to(lin.weight.dtype))
+
+
+# ---- calibration of the activation scales ----------------------------------------------------
+class _Range:
+    """Min/max of one activation plus a sample of rows (for the MSE clip search)."""
+
+    def __init__(self, keep_rows: int, seed: int):
+        self.lo, self.hi = math.inf, -math.inf
+        self.cmin: torch.Tensor | None = None
+        self.cmax: torch.Tensor | None = None
+        self.rows: list[torch.Tensor] = []
+        self.keep = keep_rows
+        self.gen = torch.Generator().manual_seed(seed)
+        self.n = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x2 = x.detach().reshape(-1, x.shape[-1]).float()
+        self.lo, self.hi = min(self.lo, float(x2.min())), max(self.hi, float(x2.max()))
+        mn, mx = x2.amin(0), x2.amax(0)
+        self.cmin = mn if self.cmin is None else torch.minimum(self.cmin, mn)
+        self.cmax = mx if self.cmax is None else torch.maximum(self.cmax, mx)
+        if self.keep:
+            k = max(1, self.keep // 16)
+            idx = torch.randperm(x2.shape[0], generator=self.gen)[:k]
+            self.rows.append(x2[idx].clone())
+            self.n += 1
+
+
+def _mse_clip(rows: torch.Tensor, lo: float, hi: float, col_w: torch.Tensor, act: str) -> tuple[float, float]:
+    """Clip ratio of [lo, hi] minimising sum_c ||W_:c||^2 (x_c - q(x_c))^2 over the sampled rows."""
+    best, best_r = math.inf, 1.0
+    for r in np.linspace(1.0, 0.3, 29):
+        aq = act_params(lo * r, hi * r, 8, act)
+        err = ((aq.fake(rows) - rows) ** 2 * col_w).sum().item()
+        if err < best:
+            best, best_r = err, float(r)
+    return lo * best_r, hi * best_r
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, tokens: np.ndarray, cfg: W8A8Config) -> dict[str, ActQuant]:
+    """Static scales of every group's input on ``tokens`` (n, T), read from the model as given
+    (weights already int8, activations in float)."""
+    lin = groups_of(model)
+    keep = 4096 if cfg.scales == "mse" else 0  # rows sampled per group for the clip search
+    ranges = {g: _Range(keep, cfg.seed + k) for k, g in enumerate(lin)}
+
+    def record(g):
+        def hook(module, args):
+            ranges[g].add(args[0])
+        return hook
+
+    hooks = [lin[g][0].register_forward_pre_hook(record(g)) for g in lin]
+    try:
+        for row in np.asarray(tokens):
+            model(torch.as_tensor(row[None], dtype=torch.long))
+    finally:
+        for h in hooks:
+            h.remove()
+    keep_prec = dict(cfg.keep)
+    acts = {}
+    for g, r in ranges.items():
+        if not math.isfinite(r.lo) or not math.isfinite(r.hi):
+            raise ConfigError(f"w8a8: the input of {g} holds NaN or Inf on the calibration data")
+        p = keep_prec.get(g)
+        chans: tuple[int, ...] = ()
+        if cfg.split and g.endswith(".down") and p is None:
+            amax = torch.maximum(r.cmax.abs(), r.cmin.abs())
+            chans = tuple(sorted(int(c) for c in torch.topk(amax, min(cfg.split, amax.numel())).indices))
+            rest = torch.ones_like(amax, dtype=torch.bool)
+            rest[list(chans)] = False
+            r.lo, r.hi = float(r.cmin[rest].min()), float(r.cmax[rest].max())
+            if r.rows:
+                r.rows = [t * rest for t in r.rows]
+        if p == "float":
+            acts[g] = ActQuant(0)
+        elif p == "int16":
+            acts[g] = act_params(r.lo, r.hi, 16, "sym")
+        elif cfg.scales == "mse":
+            col_w = torch.stack([(m.weight.float() ** 2).sum(0) for m in lin[g]]).sum(0)
+            lo, hi = _mse_clip(torch.cat(r.rows), r.lo, r.hi, col_w, cfg.act)
+            acts[g] = act_params(lo, hi, 8, cfg.act)
+        else:
+            acts[g] = act_params(r.lo, r.hi, 8, cfg.act)
+        if chans:
+            acts[g] = dataclasses.replace(acts[g], float_channels=chans)
+    return acts
+
+
+def group_macs(model: nn.Module) -> dict[str, int]:
+    return {g: sum(m.weight.numel() for m in lins) for g, lins in groups_of(model).items()}
+
+
+@torch.no_grad()
+def prepare_w8a8(model: nn.Module, calib_tokens: np.ndarray, cfg: W8A8Config = W8A8Config()) -> tuple[nn.Module, W8A8Plan]:
+    """A float32 copy of ``model`` rewritten (rotation, smoothing) with int8 weights, and the plan
+    of activation scales. The copy has no fake quantization attached (see ``attach_fake_quant``)."""
+    if model.spec.is_moe:
+        raise ConfigError(f"{model.spec.name or 'model'}: static W8A8 handles dense models; this one is MoE")
+    tokens = np.asarray(calib_tokens)
+    if tokens.ndim != 2 or tokens.size == 0:
+        raise ConfigError(f"w8a8 calibration must be token ids of shape (n, T), got {tokens.shape}")
+    names = set(groups_of(model))
+    bad = [g for g, _ in cfg.keep if g not in names]
+    if bad:
+        raise ConfigError(f"w8a8 keep names unknown groups {bad}; groups are layers.<i>.{{{','.join(GROUPS)}}}")
+    m = copy.deepcopy(model).float().eval()
+    m.drop_cache()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    if cfg.rotate:
+        rotate_model(m, cfg.seed)
+    if cfg.alpha > 0:
+        kinds = () if cfg.rotate else ("qkv", "gate_up")
+        if not cfg.split:
+            kinds += ("down",)
+        if kinds:
+            smooth_groups(m, tokens, cfg.alpha, kinds)
+    quantize_weights_int8(m)
+    acts = calibrate(m, tokens, cfg)
+    head = m.lm_head.weight.numel()
+    return m, W8A8Plan(cfg, acts, group_macs(m), {g: lins[0].weight.shape[1] for g, lins in groups_of(m).items()}, head)
+
+
+def attach_fake_quant(model: nn.Module, plan: W8A8Plan) -> list:
+    """Forward pre-hooks that fake-quantize each group's input as the QDQ graph does; returns the
+    handles (``h.remove()`` to detach)."""
+    lin = groups_of(model)
+    handles = []
+    for g, aq in plan.acts.items():
+        if aq.bits:
+            for m in lin[g]:
+                handles.append(m.register_forward_pre_hook(lambda mod, args, aq=aq: (aq.fake(args[0]),) + args[1:]))
+    return handles
