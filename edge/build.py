@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.errors import ConfigError
+from edge.errors import BudgetFailed, ConfigError
 
 
 @dataclass(frozen=True)
@@ -77,13 +77,22 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
     from edge.eval import compare
     from edge.export.check import check
     from edge.package import PackageWriter, tool_versions
+    from edge.prune import prune_loaded, read_build_recipe
     from edge.runtime.eager import TorchRunner
     from edge.runtime.session import artifact_runner
     from edge.targets import load_target
 
     torch.manual_seed(0)
     tp = load_target(target)
-    recipe = recipe or tp.defaults.recipe
+    br = read_build_recipe(recipe) if recipe else None  # a preset, or a file: base preset + prune: section
+    recipe = (br.quant if br else "") or tp.defaults.recipe
+    unpruned = lm.model  # accuracy is measured against the model as given (edge validate loads it by name)
+    if br is not None and br.prune is not None:  # prune -> quantize -> export
+        try:
+            check(lm.spec, tp, recipe, runtime, cfg.max_seq)  # runtime/format errors before pruning
+        except BudgetFailed:
+            pass  # the pruned model may fit
+        lm = prune_loaded(lm, br, progress)
     plan = check(lm.spec, tp, recipe, runtime, cfg.max_seq)
     progress(f"build: {lm.spec.name or lm.source.name} -> {tp.name}, recipe {recipe}, runtime {plan.runtime} "
              f"({plan.target_format}: {plan.writer} {plan.option})")
@@ -93,17 +102,20 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
     calib = np.clip(calib, 0, vocab - 1)
     heldout = [t for t in lm.tokenizer.encode(load_text("heldout").text) if t < vocab]
     heldout = heldout[: cfg.eval_window * cfg.eval_windows]
-    ref = TorchRunner(lm.model)
+    ref = TorchRunner(unpruned)
 
     with PackageWriter(out) as w:
         art = {"format": plan.target_format, "writer": plan.writer, "runtime": plan.host_runtime,
                "device_runtime": plan.runtime, "recipe": recipe, "option": plan.option}
         if plan.writer == "pte":
-            from edge.export.executorch import PteConfig, export_pte
+            from edge.export.executorch import PteConfig, export_pte_cached
 
             eos = [lm.tokenizer.eos_id] if lm.tokenizer.eos_id is not None else []
-            res = export_pte(lm.model, w.dir / "model.pte", PteConfig(quant=plan.option, max_seq=cfg.max_seq),
-                             bos_id=lm.tokenizer.bos_id, eos_ids=eos)
+            res, hit = export_pte_cached(lm.model, w.dir / "model.pte",
+                                         PteConfig(quant=plan.option, max_seq=cfg.max_seq),
+                                         bos_id=lm.tokenizer.bos_id, eos_ids=eos)
+            if hit:
+                progress("build: lowered .pte taken from the stage cache (same weights, config, exporter, tools)")
             art |= {"files": ["model.pte"], "export": res.to_dict() | {"seconds": None}}
         elif plan.writer == "onnx":
             from edge.export.onnx import OnnxConfig, export_onnx, rope_tables

@@ -367,7 +367,8 @@ def simulate_cmd(model, target, recipe, runtime, prompt_len, gen_len, context, b
 @main.command("build")
 @click.option("--model", "model", default="smollm2-135m", show_default=True, help="Built-in name or path.")
 @click.option("--target", required=True, help="Target profile name (edge targets list).")
-@click.option("--recipe", default=None, help="Quantization recipe; default: the target's.")
+@click.option("--recipe", default=None, help="Quantization preset, or a YAML recipe (base: preset, prune: section: "
+              "prune -> quantize -> export); default: the target's preset.")
 @click.option("--runtime", default=None, help="Device runtime from the profile; default: the recipe's.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Package directory to write.")
 @click.option("--max-seq", default=512, show_default=True, help="KV cache slots of the exported programs.")

@@ -125,6 +125,13 @@ class PruneConfig:
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"prune recipe: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        for k, v in d.items():
+            want = {"ratio": (int, float)}.get(k, int if isinstance(getattr(cls, k, None), int) or k == "params"
+                                               else str)
+            if isinstance(v, bool) or not isinstance(v, want):
+                hint = ' (write it quoted: "2:4"; YAML reads 2:4 unquoted as the number 124)' if k == "sparsity" else ""
+                raise ConfigError(f"prune recipe: {k}: expected a {'string' if want is str else 'number'}, "
+                                  f"got {v!r}{hint}")
         return cls(**d)
 
 
@@ -456,7 +463,7 @@ def layer_scores(model, stats: list[LayerStats] | None, importance: str) -> list
     """Importance of each layer: block influence (mean 1 - cos(in, out)), or its weights' norm."""
     if importance == "magnitude":
         return [
-            math.sqrt(sum(float(p.double().pow(2).sum()) for p in layer.parameters()))
+            math.sqrt(sum(float(p.detach().double().pow(2).sum()) for p in layer.parameters()))
             for layer in model.layers
         ]
     return [st.influence / max(st.tokens, 1) for st in stats]
@@ -1011,3 +1018,115 @@ def _jsonable(x):
     if hasattr(x, "tolist"):
         return x.tolist()
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+# ---- the prune: section of edge build recipes -----------------------------------------------------
+BUILD_RECIPE_KEYS = ("base", "prune", "name", "note")  # a build recipe: a quantization preset + pruning
+
+
+@dataclass(frozen=True)
+class BuildRecipe:
+    """What ``edge build --recipe FILE`` does: prune (optional), then quantize with preset ``quant``
+    ('' = the target's default recipe), then export. ``calib``: the pruning calibration options."""
+
+    quant: str
+    prune: PruneConfig | None = None
+    calib: dict = field(default_factory=dict)
+    source: str = ""
+
+
+def read_build_recipe(name_or_path: str) -> BuildRecipe:
+    """A quantization preset name (no pruning), or a YAML/JSON file::
+
+        base: q4_0          # the quantization preset (optional: the target's default)
+        prune:              # PruneConfig fields, plus calib, calib_samples, seq_len, seed
+          ratio: 0.2
+          kind: mlp
+    """
+    from pathlib import Path
+
+    p = Path(name_or_path)
+    if p.suffix not in (".yaml", ".yml", ".json") or not p.is_file():
+        if p.suffix in (".yaml", ".yml", ".json"):
+            raise ConfigError(f"build recipe {name_or_path}: no such file")
+        return BuildRecipe(quant=str(name_or_path))
+    import yaml
+
+    try:
+        doc = yaml.safe_load(p.read_text())  # JSON is YAML
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML/JSON ({str(e).splitlines()[0]})") from e
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{p}: expected a mapping with keys {', '.join(BUILD_RECIPE_KEYS)}")
+    from edge.quant.configs import PRESETS
+
+    bad = [k for k in doc if k not in BUILD_RECIPE_KEYS]
+    if bad:
+        what = "a quantization override, which edge build does not apply (edge quantize does); " if bad[0] in (
+            "weights", "method", "layers", "tensors", "activations", "kv_cache", "smoothquant", "gptq", "awq"
+        ) else ""
+        raise ConfigError(f"{p}: {bad[0]}: {what}unknown key in a build recipe; allowed: {', '.join(BUILD_RECIPE_KEYS)}")
+    quant = doc.get("base") or ""
+    if quant and quant not in PRESETS:
+        raise ConfigError(f"{p}: base: '{quant}' is not a quantization preset; presets: {', '.join(PRESETS)}")
+    section = doc.get("prune")
+    if section is None:
+        return BuildRecipe(quant=quant, source=str(p))
+    if not isinstance(section, dict):
+        raise ConfigError(f"{p}: prune: expected a mapping of PruneConfig fields, got {type(section).__name__}")
+    section = dict(section)
+    try:
+        calib = {k: CALIB_KEYS[k](section.pop(k)) for k in list(section) if k in CALIB_KEYS}
+        cfg = PruneConfig.from_dict(section)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{p}: prune: {e}") from e
+    except ConfigError as e:
+        raise ConfigError(f"{p}: prune: {e}") from e
+    return BuildRecipe(quant=quant, prune=cfg, calib=calib, source=str(p))
+
+
+def check_block_sizes(spec: ModelSpec, quant: str, where: str = "") -> None:
+    """The pruned row lengths (o_proj: n_heads * head_dim, down_proj: ffn_dim) must be multiples of
+    the quantization preset's block/group size; name the tensor otherwise."""
+    from edge.quant.configs import PRESETS
+
+    rec = PRESETS.get(quant)
+    if rec is None:
+        return
+    from edge.quant.primitives import get_format
+
+    for cls, module, cols in (("attn_o", "self_attn.o_proj", spec.q_dim), ("ffn_down", "mlp.down_proj", spec.ffn_dim),
+                              ("ffn_down", "mlp.experts.N.down_proj", spec.moe_ffn_dim if spec.is_moe else 0)):
+        for i in range(spec.n_layers):
+            fmt = get_format(rec.format_for(cls, i))
+            if cols and not fmt.is_float and fmt.group and cols % fmt.group:
+                raise ConfigError(
+                    f"{where}the pruned tensor 'layers.{i}.{module}.weight' has rows of {cols} ({cls}), not a "
+                    f"multiple of the {fmt.name} block size {fmt.group} (recipe {quant}): keep a multiple of {fmt.group} "
+                    f"(prune: multiple_of: {fmt.group}, or an ffn_dim/n_heads that gives one)"
+                )
+
+
+def prune_loaded(lm, br: BuildRecipe, progress=print):
+    """The prune stage of ``edge build``: ``lm`` (a LoadedModel) pruned as ``br.prune`` says, with
+    its calibration options; returns a LoadedModel with the pruned model and spec (same tokenizer
+    and source)."""
+    import dataclasses
+
+    from edge.calib import CalibConfig, token_batches
+
+    cfg = br.prune
+    spec = lm.spec
+    if not (cfg.has_budget and cfg.kind == "auto"):
+        check_block_sizes(shaped_spec(spec, plan_shapes(spec, cfg)), br.quant, f"{br.source}: ")
+    tokens = None
+    if needs_calib(cfg, spec) or cfg.sparsity:
+        opts = {"calib": "general:1", "calib_samples": 32, "seq_len": 256, "seed": 0} | br.calib
+        ccfg = CalibConfig.from_spec(opts["calib"], n_samples=opts["calib_samples"], seq_len=opts["seq_len"],
+                                     seed=opts["seed"])
+        tokens = np.clip(token_batches(lm.tokenizer, ccfg), 0, spec.vocab_size - 1)
+    res = prune(lm.model, cfg, tokens)
+    check_block_sizes(res.spec, br.quant, f"{br.source}: ")
+    progress(f"build: pruned ({res.report['kind']}) {res.report['params_before']:,} -> "
+             f"{res.report['params_after']:,} parameters")
+    return dataclasses.replace(lm, model=res.model, spec=res.spec)
