@@ -52,7 +52,7 @@ ROWS = [
 ]  # fmt: skip
 AUTO_KINDS = ("mlp", "mlp+attn", "depth")  # what kind='auto' compares on a dense model (edge.prune.AUTO_KINDS)
 # speed: prompt tokens, generated tokens, repetitions (after one warm-up round)
-SPEED_PROMPT, SPEED_GEN, SPEED_REPS = 32, 33, 5
+SPEED_PROMPT, SPEED_GEN, SPEED_REPS = 32, 65, 9
 WORK = ROOT / "out" / "prune_bench"  # the GGUFs quality writes and speed reads (not committed)
 OUT = ROOT / "benchmarks/results/prune_smollm2.json"
 
@@ -260,14 +260,33 @@ def speed(args) -> None:
     for g in res["ggufs"]:
         k = (g["model"], g["gguf"])
         med = statistics.median(runs[k])
+        pred = predicted(res, g)
         rows.append(dict(model=g["model"], gguf=g["gguf"], params=g["params"], file_mb=g["file_mb"],
                          decode_tok_s=round(med, 2), runs=[round(x, 2) for x in runs[k]],
-                         vs_unpruned=round(med / base[g["gguf"]], 3)))  # fmt: skip
+                         vs_unpruned=round(med / base[g["gguf"]], 3), sim_decode_tok_s=round(pred, 2)))  # fmt: skip
     res["decode"] = dict(threads=THREADS, prompt=SPEED_PROMPT, decode_steps=SPEED_GEN - 1, reps=args.reps,
                          statistic="median", interleaved=True, load_avg_1min=loads,
                          how="bash benchmarks/quiet.sh .venv/bin/python benchmarks/prune.py --mode speed",
                          date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), rows=rows)  # fmt: skip
     write(res, args.out)
+
+
+def predicted(res: dict, g: dict) -> float:
+    """The simulator's decode tok/s for this GGUF on the host profile (llama.cpp, 2 threads), from the
+    pruned shapes quality recorded: the simulator sees what pruning removed."""
+    from edge.model.load import load_spec
+    from edge.sim import Workload, simulate
+
+    spec = load_spec("smollm2-135m")
+    how = g["pruned"]
+    if how:
+        (row,) = [r for r in res["rows"] if (r["kind"], r["importance"], r["recovery"], r["target"])
+                  == (how["kind"], how["importance"], how["recovery"], how["ratio"])]
+        spec = spec.with_(**row["shapes"])
+        assert spec.param_count() == g["params"], (spec.param_count(), g["params"])
+    wl = Workload(prompt_len=SPEED_PROMPT, gen_len=SPEED_GEN)
+    r = simulate(spec, {"F32": "fp32", "Q4_0": "q4_0"}[g["gguf"]], "host-x86-2core", runtime="llama.cpp", workload=wl, budgets=[])
+    return r.decode_tok_s
 
 
 # ---- output ------------------------------------------------------------------------------------
@@ -315,8 +334,9 @@ def markdown(res: dict) -> str:
         lines += [f"llama.cpp decode, {dec['threads']} threads, {dec['decode_steps']} steps after a {dec['prompt']}-token "
                   f"prompt, median of {dec['reps']} interleaved repetitions ({dec['date']}, through benchmarks/quiet.sh; "
                   f"1-min load {min(dec['load_avg_1min']):.2f}-{max(dec['load_avg_1min']):.2f}):", "",
-                  "| model | pruned as | GGUF | params | file MB | decode tok/s | vs unpruned | max logit diff vs torch (F32) |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| model | pruned as | GGUF | params | file MB | decode tok/s | vs unpruned | simulated tok/s "
+                  "(host-x86-2core) | max logit diff vs torch (F32) |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         by = {(g["model"], g["gguf"]): g for g in res["ggufs"]}
         for d in dec["rows"]:
             g = by[(d["model"], d["gguf"])]
@@ -324,7 +344,8 @@ def markdown(res: dict) -> str:
             how = f"{how['kind']} ({how['importance']})" if how else "-"
             diff = g.get("max_abs_logit_diff_vs_torch")
             lines.append(f"| {d['model']} | {how} | {d['gguf']} | {d['params'] / 1e6:.1f}M | {d['file_mb']} | "
-                         f"{d['decode_tok_s']:.1f} | {d['vs_unpruned']:.2f}x | {'' if diff is None else f'{diff:.1e}'} |")  # fmt: skip
+                         f"{d['decode_tok_s']:.1f} | {d['vs_unpruned']:.2f}x | {d.get('sim_decode_tok_s', 0):.1f} | "
+                         f"{'' if diff is None else f'{diff:.1e}'} |")  # fmt: skip
     elif res.get("ggufs"):
         lines += ["| model | GGUF | params | file MB | max logit diff vs torch (F32) |", "|---|---|---|---|---|"]
         for g in res["ggufs"]:
