@@ -59,8 +59,10 @@ OUT = ROOT / "benchmarks/results/prune_smollm2.json"
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mode", choices=("quality", "ggufs", "speed"), required=True,
-                    help="ggufs: only (re)write the GGUFs of what quality measured")
+    ap.add_argument("--mode", choices=("quality", "ggufs", "speed", "merge"), required=True,
+                    help="ggufs: only (re)write the GGUFs of what quality measured; merge: take ggufs and decode "
+                    "from --from (a run of ggufs + speed on the same pruned models) into --out")
+    ap.add_argument("--from", dest="src", default=None, help="with --mode merge: the results to take GGUFs/speed from")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one ratio: checks the script runs")
     ap.add_argument("--work", default=str(WORK), help="directory for the GGUFs")
     ap.add_argument("--out", default=str(OUT))
@@ -74,6 +76,26 @@ def main() -> None:
         ggufs(args)
     if args.mode == "speed":
         speed(args)
+    if args.mode == "merge":
+        merge(args)
+
+
+def merge(args) -> None:
+    """GGUFs and decode speed measured on a separate run of --mode ggufs/speed, into the quality
+    results; refused unless that run pruned the same kinds at the same ratios as quality's auto picks."""
+    res, src = json.loads(Path(args.out).read_text()), json.loads(Path(args.src).read_text())
+    picks = {r: a["picks"] for r, a in res["auto"].items()}
+    theirs = {r: a["picks"] for r, a in src["auto"].items()}
+    if picks != theirs:
+        sys.exit(f"error: {args.src} pruned {theirs}, quality picked {picks}: rerun --mode ggufs and speed")
+    for g in src["ggufs"]:
+        if g["pruned"]:
+            (row,) = [r for r in res["rows"] if (r["kind"], r["importance"], r["recovery"], r["target"])
+                      == (g["pruned"]["kind"], "activation", "none", g["pruned"]["ratio"])]
+            assert row["params"] == g["params"], (row, g)
+    res["ggufs"], res["decode"] = src["ggufs"], src["decode"]
+    res["decode"]["merged_from"] = f"{Path(args.src).name}: --mode ggufs and speed run beside quality, same picks"
+    write(res, args.out)
 
 
 # ---- quality -----------------------------------------------------------------------------------
@@ -260,7 +282,7 @@ def speed(args) -> None:
     for g in res["ggufs"]:
         k = (g["model"], g["gguf"])
         med = statistics.median(runs[k])
-        pred = predicted(res, g)
+        pred = predicted(work / g["file"], g)
         rows.append(dict(model=g["model"], gguf=g["gguf"], params=g["params"], file_mb=g["file_mb"],
                          decode_tok_s=round(med, 2), runs=[round(x, 2) for x in runs[k]],
                          vs_unpruned=round(med / base[g["gguf"]], 3), sim_decode_tok_s=round(pred, 2)))  # fmt: skip
@@ -271,19 +293,14 @@ def speed(args) -> None:
     write(res, args.out)
 
 
-def predicted(res: dict, g: dict) -> float:
+def predicted(path: Path, g: dict) -> float:
     """The simulator's decode tok/s for this GGUF on the host profile (llama.cpp, 2 threads), from the
-    pruned shapes quality recorded: the simulator sees what pruning removed."""
+    shapes the file itself declares: the simulator sees what pruning removed."""
     from edge.model.load import load_spec
     from edge.sim import Workload, simulate
 
-    spec = load_spec("smollm2-135m")
-    how = g["pruned"]
-    if how:
-        (row,) = [r for r in res["rows"] if (r["kind"], r["importance"], r["recovery"], r["target"])
-                  == (how["kind"], how["importance"], how["recovery"], how["ratio"])]
-        spec = spec.with_(**row["shapes"])
-        assert spec.param_count() == g["params"], (spec.param_count(), g["params"])
+    spec = load_spec(str(path))
+    assert spec.param_count() == g["params"], (spec.param_count(), g["params"])
     wl = Workload(prompt_len=SPEED_PROMPT, gen_len=SPEED_GEN)
     r = simulate(spec, {"F32": "fp32", "Q4_0": "q4_0"}[g["gguf"]], "host-x86-2core", runtime="llama.cpp", workload=wl, budgets=[])
     return r.decode_tok_s
