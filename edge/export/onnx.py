@@ -183,6 +183,8 @@ class RowScaledLinear(nn.Module):
         super().__init__()
         w = lin.weight.detach()
         s = w.abs().amax(1).clamp(min=1e-12)  # (out,)
+        if getattr(lin, "int8_scale", None) is not None:  # edge.quant.w8a8: W = codes * int8_scale exactly
+            s = 127.0 * lin.int8_scale.to(w.dtype)
         self.weight = nn.Parameter(w / s[:, None], requires_grad=False)  # (out, in)
         self.register_buffer("row_scale", s, persistent=False)
         self.bias = lin.bias

@@ -56,6 +56,9 @@ class W8A8Config:
     act: str = "asym"
     keep: tuple[tuple[str, str], ...] = ()  # ((group, "int16" | "float"), ...)
     split: int = 0  # down inputs: this many outlier channels (largest calibrated |x|) computed in float
+    weights: str = "rtn"  # int8 per-channel weights: "rtn" or "gptq" (layer by layer on the calibration data)
+    hybrid: int = 0  # this many more groups, those with the largest int8 output error, kept at hybrid_precision
+    hybrid_precision: str = "int16"  # "int16" (the unit runs 16-bit activations) or "float" (CPU)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,8 +66,12 @@ class W8A8Config:
             raise ConfigError(f"w8a8 act '{self.act}' unknown; allowed: {', '.join(ACT_MODES)}")
         if self.scales not in SCALE_METHODS:
             raise ConfigError(f"w8a8 scales '{self.scales}' unknown; allowed: {', '.join(SCALE_METHODS)}")
-        if self.split < 0:
-            raise ConfigError(f"w8a8 split must be >= 0 channels, got {self.split}")
+        if self.weights not in ("rtn", "gptq"):
+            raise ConfigError(f"w8a8 weights '{self.weights}' unknown; allowed: rtn, gptq")
+        if self.hybrid_precision not in KEEP_PRECISIONS:
+            raise ConfigError(f"w8a8 hybrid_precision '{self.hybrid_precision}'; allowed: {', '.join(KEEP_PRECISIONS)}")
+        if self.split < 0 or self.hybrid < 0:
+            raise ConfigError(f"w8a8 split and hybrid must be >= 0, got {self.split}, {self.hybrid}")
         if not 0 <= self.alpha <= 1:
             raise ConfigError(f"w8a8 smoothquant alpha must be in [0, 1], got {self.alpha}")
         for g, p in self.keep:
@@ -295,12 +302,50 @@ def smooth_groups(model: nn.Module, tokens: np.ndarray, alpha: float, groups: tu
 @torch.no_grad()
 def quantize_weights_int8(model: nn.Module) -> None:
     """Every group linear's weight -> its per-output-channel symmetric int8 codes, dequantized
-    (codes in [-127, 127], scale = row max / 127: the row max is exactly representable)."""
+    (codes in [-127, 127], scale = row max / 127). The scale per row is kept on the module as
+    ``int8_scale`` (rows,): the exporter writes W / (127 * int8_scale), which is codes / 127."""
     for lins in groups_of(model).values():
         for lin in lins:
             w = lin.weight.float()
             s = w.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127.0
             lin.weight.copy_((torch.round(w / s).clamp(-127, 127) * s).to(lin.weight.dtype))
+            lin.int8_scale = s[:, 0].clone()
+
+
+@torch.no_grad()
+def gptq_weights_int8(model: nn.Module, tokens: np.ndarray, chunk: int = 4) -> None:
+    """GPTQ int8 per output channel, layer by layer: each layer's Hessians come from the calibration
+    activations of the model with the layers before it already quantized."""
+    from edge.quant.configs import GPTQConfig
+    from edge.quant.gptq import gptq_quantize, hessian_accumulate
+    from edge.quant.primitives import FORMATS
+
+    calib = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
+    x = model.embed_tokens(calib).float()
+    T = x.shape[1]
+    cos, sin = model.rope(torch.arange(T), x.dtype)
+    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    fmt, gcfg = FORMATS["int8"], GPTQConfig(scale_search=False)
+    for i, layer in enumerate(model.layers):
+        lins = group_linears(layer)
+        hs: dict[str, torch.Tensor | None] = dict.fromkeys(lins)
+
+        def acc(g, hs=hs):
+            def hook(module, args):
+                hs[g] = hessian_accumulate(hs[g], args[0])
+            return hook
+
+        hooks = [lins[g][0].register_forward_pre_hook(acc(g)) for g in lins]
+        for k in range(0, x.shape[0], chunk):
+            layer(x[k : k + chunk], cos, sin, mask, None)
+        for h in hooks:
+            h.remove()
+        for g, group in lins.items():
+            for lin in group:
+                qt, _ = gptq_quantize(lin.weight.float(), hs[g], fmt, gcfg, name=f"layers.{i} {g}")
+                lin.weight.copy_(torch.from_numpy(qt.dequantize()).to(lin.weight.dtype))
+                lin.int8_scale = torch.from_numpy(qt.scales[:, 0].astype(np.float32))
+        x = torch.cat([layer(x[k : k + chunk], cos, sin, mask, None) for k in range(0, x.shape[0], chunk)])
 
 
 # ---- calibration of the activation scales ----------------------------------------------------
@@ -390,6 +435,34 @@ def calibrate(model: nn.Module, tokens: np.ndarray, cfg: W8A8Config) -> dict[str
     return acts
 
 
+@torch.no_grad()
+def output_error(model: nn.Module, tokens: np.ndarray, acts: dict[str, ActQuant]) -> dict[str, float]:
+    """Each group's int8 noise-to-signal ratio at its linears' outputs on ``tokens``:
+    sum ||(q(x) - x) W^T||^2 / sum ||x W^T||^2 (the model runs in float meanwhile)."""
+    lin = groups_of(model)
+    num = dict.fromkeys(acts, 0.0)
+    den = dict.fromkeys(acts, 0.0)
+
+    def record(g):
+        def hook(module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            dx = acts[g].fake(x) - x
+            for m in lin[g]:
+                w = m.weight.float()
+                num[g] += float(((dx @ w.T) ** 2).sum())
+                den[g] += float(((x @ w.T) ** 2).sum())
+        return hook
+
+    hooks = [lin[g][0].register_forward_pre_hook(record(g)) for g in acts if acts[g].bits]
+    try:
+        for row in np.asarray(tokens):
+            model(torch.as_tensor(row[None], dtype=torch.long))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {g: num[g] / max(den[g], 1e-30) for g in acts if acts[g].bits}
+
+
 def group_macs(model: nn.Module) -> dict[str, int]:
     return {g: sum(m.weight.numel() for m in lins) for g, lins in groups_of(model).items()}
 
@@ -419,10 +492,21 @@ def prepare_w8a8(model: nn.Module, calib_tokens: np.ndarray, cfg: W8A8Config = W
             kinds += ("down",)
         if kinds:
             smooth_groups(m, tokens, cfg.alpha, kinds)
-    quantize_weights_int8(m)
+    if cfg.weights == "gptq":
+        gptq_weights_int8(m, tokens)
+    else:
+        quantize_weights_int8(m)
     acts = calibrate(m, tokens, cfg)
+    info = {}
+    if cfg.hybrid:  # the groups whose int8 input hurts their outputs most: higher precision
+        err = output_error(m, tokens, acts)
+        worst = sorted(err, key=lambda g: -err[g])[: cfg.hybrid]
+        info["int8_output_nsr"] = {g: round(v, 6) for g, v in sorted(err.items(), key=lambda kv: -kv[1])}
+        hyb = W8A8Config(**{**dataclasses.asdict(cfg), "hybrid": 0,
+                            "keep": tuple(cfg.keep) + tuple((g, cfg.hybrid_precision) for g in worst)})
+        acts = calibrate(m, tokens, hyb)
     head = m.lm_head.weight.numel()
-    return m, W8A8Plan(cfg, acts, group_macs(m), {g: lins[0].weight.shape[1] for g, lins in groups_of(m).items()}, head)
+    return m, W8A8Plan(cfg, acts, group_macs(m), {g: lins[0].weight.shape[1] for g, lins in groups_of(m).items()}, head, info)
 
 
 def attach_fake_quant(model: nn.Module, plan: W8A8Plan) -> list:
@@ -435,3 +519,14 @@ def attach_fake_quant(model: nn.Module, plan: W8A8Plan) -> list:
             for m in lin[g]:
                 handles.append(m.register_forward_pre_hook(lambda mod, args, aq=aq: (aq.fake(args[0]),) + args[1:]))
     return handles
+
+
+# The scheme `edge build` uses for w8a8 (measured on the built-in model: benchmarks/w8a8.py,
+# docs/export.md). hybrid_precision is set per target by for_unit.
+DEFAULT = W8A8Config(rotate=True, alpha=0.5, weights="gptq", hybrid=6)
+
+
+def for_unit(dtypes) -> W8A8Config:
+    """The default scheme for a compute unit that runs ``dtypes``: the groups kept above int8 run
+    with int16 activations where the unit lists int16, else in float (on the CPU)."""
+    return dataclasses.replace(DEFAULT, hybrid_precision="int16" if "int16" in dtypes else "float")

@@ -132,6 +132,24 @@ def test_hybrid_int16_and_float_groups(tiny, tmp_path):
     assert 0 < res.precision["layer_macs_not_int8"] < 0.5
 
 
+def test_gptq_weights_and_hybrid_by_output_error(tiny, tmp_path):
+    """GPTQ int8 codes land in the graph as they are (its row scales, not re-derived), and the
+    hybrid keeps the groups with the largest int8 output error in float (opset 11: no int16)."""
+    from edge.quant.w8a8 import W8A8Config, prepare_w8a8
+
+    pytest.importorskip("onnxruntime")
+    w8 = W8A8Config(weights="gptq", hybrid=2, hybrid_precision="float")
+    res, got, emu = run_qdq(tiny, tmp_path, w8, "onnx-opset11")
+    assert_same(got, emu)
+    _, plan = prepare_w8a8(tiny, CALIB, w8)
+    nsr = plan.info["int8_output_nsr"]
+    assert sorted(res.precision["float"]) == sorted(list(nsr)[:2]) and res.precision["groups"]["int8"] == 6
+    assert list(nsr.values()) == sorted(nsr.values(), reverse=True)
+    rtn, _ = prepare_w8a8(tiny, CALIB, W8A8Config())
+    qm, _ = prepare_w8a8(tiny, CALIB, W8A8Config(weights="gptq"))
+    assert not torch.equal(qm.layers[1].mlp.down_proj.weight, rtn.layers[1].mlp.down_proj.weight)
+
+
 def test_bad_w8a8_settings(tiny, tmp_path):
     from edge.errors import ConfigError
     from edge.export.onnx import OnnxConfig, export_onnx
