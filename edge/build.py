@@ -121,8 +121,13 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
             from edge.export.onnx import OnnxConfig, export_onnx, rope_tables
 
             rt = tp.runtimes[plan.runtime]
+            w8 = None
+            if plan.option == "qdq-w8a8":  # activations kept above int8 get int16 where the unit has it, else float
+                from edge.quant.w8a8 import for_unit
+
+                w8 = for_unit(tp.units[rt.unit].dtypes)
             ocfg = OnnxConfig(dtype=plan.option, max_seq=cfg.max_seq, format=plan.variant,
-                              max_graph_bytes=rt.max_graph_bytes)
+                              max_graph_bytes=rt.max_graph_bytes, w8a8=w8)
             res = export_onnx(lm.model, w.dir, ocfg, calib_tokens=calib)
             cos, sin = rope_tables(lm.model, cfg.max_seq)
             np.save(w.dir / "rope.npy", np.stack([cos, sin]))  # (2, S, head_dim): cos, sin
