@@ -78,6 +78,7 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
     from edge.export.check import check
     from edge.package import PackageWriter, tool_versions
     from edge.prune import prune_loaded, read_build_recipe
+    from edge.quant.configs import load_recipe as load_quant_recipe
     from edge.runtime.eager import TorchRunner
     from edge.runtime.session import artifact_runner
     from edge.targets import load_target
@@ -86,6 +87,8 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
     tp = load_target(target)
     br = read_build_recipe(recipe) if recipe else None  # a preset, or a file: base preset + prune: section
     recipe = (br.quant if br else "") or tp.defaults.recipe
+    runtime = runtime or (br.runtime if br else "") or None
+    kv_cache = (br.kv_cache if br else "") or load_quant_recipe(recipe).kv_cache  # f32 | f16 | int8
     unpruned = lm.model  # accuracy is measured against the model as given (edge validate loads it by name)
     if br is not None and br.prune is not None:  # prune -> quantize -> export
         try:
@@ -94,6 +97,9 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
             pass  # the pruned model may fit
         lm = prune_loaded(lm, br, progress)
     plan = check(lm.spec, tp, recipe, runtime, cfg.max_seq)
+    if plan.writer == "gguf" and kv_cache == "int8" and lm.spec.head_dim % 32:
+        raise ConfigError(f"kv_cache int8: llama.cpp stores it as q8_0 blocks of 32 values per head, and this "
+                          f"model's head_dim is {lm.spec.head_dim}; use kv_cache f16")
     progress(f"build: {lm.spec.name or lm.source.name} -> {tp.name}, recipe {recipe}, runtime {plan.runtime} "
              f"({plan.target_format}: {plan.writer} {plan.option})")
     calib_cfg = CalibConfig(n_samples=cfg.calib_samples, seq_len=cfg.calib_seq, seed=0)
@@ -121,13 +127,8 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
             from edge.export.onnx import OnnxConfig, export_onnx, rope_tables
 
             rt = tp.runtimes[plan.runtime]
-            w8 = None
-            if plan.option == "qdq-w8a8":  # activations kept above int8 get int16 where the unit has it, else float
-                from edge.quant.w8a8 import for_unit
-
-                w8 = for_unit(tp.units[rt.unit].dtypes)
             ocfg = OnnxConfig(dtype=plan.option, max_seq=cfg.max_seq, format=plan.variant,
-                              max_graph_bytes=rt.max_graph_bytes, w8a8=w8)
+                              max_graph_bytes=rt.max_graph_bytes)
             res = export_onnx(lm.model, w.dir, ocfg, calib_tokens=calib)
             cos, sin = rope_tables(lm.model, cfg.max_seq)
             np.save(w.dir / "rope.npy", np.stack([cos, sin]))  # (2, S, head_dim): cos, sin
@@ -144,7 +145,7 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
             export_gguf(m, q, w.dir / "model.gguf", tokenizer_gguf=lm.source.path,
                         provenance={"calib": dataset_hash(calib_cfg), "recipe": recipe, "target": tp.name},
                         float_type="f16" if plan.option == "fp16" else "f32")
-            art |= {"files": ["model.gguf"]}
+            art |= {"files": ["model.gguf"], "kv_cache": kv_cache}  # the runner's cache type
         w.add_artifact(art)
         tok_files = write_tokenizer(lm.tokenizer, w.dir)
 
@@ -154,7 +155,7 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
         acc = compare(ref.logits, runner.logits, heldout, window=cfg.eval_window).to_dict()
         del runner
         art["accuracy"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in acc.items()}
-        sim = simulated(lm.spec, tp, recipe, plan.runtime)
+        sim = simulated(lm.spec, tp, recipe, plan.runtime, kv_cache)
         fields = {
             "target": tp.name, "recipe": recipe, "runtime": plan.runtime,
             "model": {"name": lm.spec.name or lm.source.name, "source": lm.source.kind, "sha256": model_hash(lm.model),
@@ -174,12 +175,17 @@ MIN_RUNTIME = {"executorch": "executorch>=1.5.1", "onnxruntime": "onnxruntime>=1
                "llama.cpp": "llama-cpp-python>=0.3.36"}
 
 
-def simulated(spec, tp, recipe: str, runtime: str) -> dict:
+def simulated(spec, tp, recipe: str, runtime: str, kv_cache: str = "") -> dict:
     """The simulator's prediction and budget verdicts, or why there is none."""
-    from edge.sim import simulate
+    import dataclasses
+
+    from edge.sim import load_recipe, simulate
 
     try:
-        r = simulate(spec, recipe, tp, runtime=runtime)
+        cost = load_recipe(recipe)
+        if kv_cache:
+            cost = dataclasses.replace(cost, kv_cache={"f32": "fp32", "f16": "fp16"}.get(kv_cache, kv_cache))
+        r = simulate(spec, cost, tp, runtime=runtime)
     except ConfigError as e:
         return {"available": False, "reason": str(e)}
     return {"available": True, "decode_tok_s": round(r.decode_tok_s, 3), "prefill_tok_s": round(r.prefill_tok_s, 3),

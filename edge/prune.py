@@ -1021,7 +1021,9 @@ def _jsonable(x):
 
 
 # ---- the prune: section of edge build recipes -----------------------------------------------------
-BUILD_RECIPE_KEYS = ("base", "prune", "name", "note")  # a build recipe: a quantization preset + pruning
+# a build recipe: a quantization preset, the KV cache type and runtime to build for, pruning
+BUILD_RECIPE_KEYS = ("base", "kv_cache", "runtime", "prune", "name", "note")
+BUILD_KV_CACHE = {"f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16", "int8": "int8"}
 
 
 @dataclass(frozen=True)
@@ -1033,12 +1035,16 @@ class BuildRecipe:
     prune: PruneConfig | None = None
     calib: dict = field(default_factory=dict)
     source: str = ""
+    kv_cache: str = ""  # '' = the preset's
+    runtime: str = ""  # '' = the target's default for the preset
 
 
 def read_build_recipe(name_or_path: str) -> BuildRecipe:
     """A quantization preset name (no pruning), or a YAML/JSON file::
 
         base: q4_0          # the quantization preset (optional: the target's default)
+        kv_cache: int8      # optional: f32 | f16 | int8 (default: the preset's)
+        runtime: llama.cpp  # optional: one of the target's runtimes (default: the target's for the preset)
         prune:              # PruneConfig fields, plus calib, calib_samples, seq_len, seed
           ratio: 0.2
           kind: mlp
@@ -1063,15 +1069,20 @@ def read_build_recipe(name_or_path: str) -> BuildRecipe:
     bad = [k for k in doc if k not in BUILD_RECIPE_KEYS]
     if bad:
         what = "a quantization override, which edge build does not apply (edge quantize does); " if bad[0] in (
-            "weights", "method", "layers", "tensors", "activations", "kv_cache", "smoothquant", "gptq", "awq"
+            "weights", "method", "layers", "tensors", "activations", "smoothquant", "gptq", "awq"
         ) else ""
         raise ConfigError(f"{p}: {bad[0]}: {what}unknown key in a build recipe; allowed: {', '.join(BUILD_RECIPE_KEYS)}")
     quant = doc.get("base") or ""
     if quant and quant not in PRESETS:
         raise ConfigError(f"{p}: base: '{quant}' is not a quantization preset; presets: {', '.join(PRESETS)}")
+    kv = str(doc.get("kv_cache") or "")
+    if kv and kv not in BUILD_KV_CACHE:
+        raise ConfigError(f"{p}: kv_cache: '{kv}' is not a KV cache type; one of {', '.join(BUILD_KV_CACHE)}")
+    kv = BUILD_KV_CACHE.get(kv, "")
+    runtime = str(doc.get("runtime") or "")
     section = doc.get("prune")
     if section is None:
-        return BuildRecipe(quant=quant, source=str(p))
+        return BuildRecipe(quant=quant, source=str(p), kv_cache=kv, runtime=runtime)
     if not isinstance(section, dict):
         raise ConfigError(f"{p}: prune: expected a mapping of PruneConfig fields, got {type(section).__name__}")
     section = dict(section)
@@ -1082,7 +1093,7 @@ def read_build_recipe(name_or_path: str) -> BuildRecipe:
         raise ConfigError(f"{p}: prune: {e}") from e
     except ConfigError as e:
         raise ConfigError(f"{p}: prune: {e}") from e
-    return BuildRecipe(quant=quant, prune=cfg, calib=calib, source=str(p))
+    return BuildRecipe(quant=quant, prune=cfg, calib=calib, source=str(p), kv_cache=kv, runtime=runtime)
 
 
 def check_block_sizes(spec: ModelSpec, quant: str, where: str = "") -> None:

@@ -445,7 +445,7 @@ def require_feasible(res: SearchResult) -> Candidate:
 # ---- outputs: recipe file, report, plot --------------------------------------------------------------
 def recipe_doc(c: Candidate, space: SearchSpace) -> dict:
     """The chosen candidate as a build recipe file users can re-run (edge build --recipe FILE)."""
-    doc: dict = {"quant": {"base": c.quant, "kv_cache": c.kv_cache}, "runtime": c.runtime}
+    doc: dict = {"base": c.quant, "kv_cache": c.kv_cache, "runtime": c.runtime}
     if c.prune_ratio:
         doc["prune"] = {"ratio": c.prune_ratio, "kind": resolve_kind(c.spec, space.prune_kind)}
     return doc

@@ -125,3 +125,33 @@ def test_pruned_build_runs_in_onnxruntime_and_executorch(tmp_path, runtime):
     want = TorchRunner(prune_loaded(lm, read_build_recipe(str(recipe)), progress=lambda s: None).model).logits(TOKENS)
     got = artifact_runner(pkg, art, threads=1).logits(TOKENS)
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_build_recipe_kv_cache_and_runtime_reach_the_package(tiny, tmp_path):
+    """A recipe file's kv_cache and runtime (what `edge build --auto` writes) are what the package runs."""
+    from edge.model.load import load_model
+    from edge.runtime.session import load
+    from tests.model.test_gguf import write_tiny_gguf
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("base: q8_0\nkv_cache: int8\nruntime: llama.cpp\n")
+    with pytest.raises(Exception, match="head_dim is 16; use kv_cache f16"):  # q8_0 blocks of 32 per head
+        build(load_model(str(tiny)), recipe, tmp_path / "hd16")
+    assert not (tmp_path / "hd16").exists()
+    lm = load_model(str(write_tiny_gguf(tmp_path / "hd32.gguf", heads=2, kv=1)))
+    pkg = build(lm, recipe, tmp_path / "kv8")
+    m = json.loads((pkg / "manifest.json").read_text())
+    art = m["artifacts"][0]
+    assert (m["runtime"], art["kv_cache"]) == ("llama.cpp", "int8")
+    s = load(pkg)
+    assert s.runner.kv_type == "int8"
+    f16 = build(lm, "q8_0", tmp_path / "kv16")
+    m16 = json.loads((f16 / "manifest.json").read_text())
+    assert m16["artifacts"][0]["kv_cache"] == "f16"
+    # the simulator costs the cache the package runs
+    assert m["simulated"]["peak_memory_bytes"] < m16["simulated"]["peak_memory_bytes"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: q8_0\nkv_cache: int4\n")
+    with pytest.raises(Exception, match="kv_cache: 'int4' is not a KV cache type"):
+        build(lm, bad, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

@@ -71,7 +71,12 @@ def test_auto_build_cost_only_writes_recipe_report_and_plot(tmp_path):
     import yaml
 
     doc = yaml.safe_load((out / "recipe.yaml").read_text())
-    assert doc["quant"]["base"] in ("q8_0", "q4_0") and doc["runtime"]
+    assert doc["base"] in ("q8_0", "q4_0") and doc["runtime"]
+    from edge.prune import read_build_recipe  # edge build --recipe takes it back
+
+    br = read_build_recipe(str(out / "recipe.yaml"))
+    assert (br.quant, br.runtime) == (doc["base"], doc["runtime"])
+    assert br.kv_cache == {"fp16": "f16", "int8": "int8"}[doc["kv_cache"]]
     assert json.loads((out / "search.json").read_text())["chosen"]["meets_budgets"]
 
 

@@ -27,7 +27,8 @@ def builtin_metadata() -> dict:
     return read_metadata(gguf.GGUFReader(str(builtin_path("smollm2-135m"))))
 
 
-def write_tiny_gguf(path, n_experts: int = 0, top_k: int = 0, seed: int = 0):
+def write_tiny_gguf(path, n_experts: int = 0, top_k: int = 0, seed: int = 0, heads: int = HEADS, kv: int = KV):
+    HEADS, KV = heads, kv  # noqa: N806 - the module's shape, overridable
     rng = np.random.default_rng(seed)
     meta = builtin_metadata()
     vocab = len(meta["tokenizer.ggml.tokens"])
