@@ -601,7 +601,11 @@ def auto_build(model: str, target: str, out: str | Path, budgets: Sequence[str] 
                 continue
             progress(f"auto: building finalist {c.key}")
             t0 = time.perf_counter()
-            pkg = build_package(_finalist_model(lm, c, resolve_kind(lm.spec, space.prune_kind)), tp.name, c.quant,
+            rfile = out / "finalists" / f"{c.key}.yaml"  # the candidate's quantization, KV cache and runtime
+            rfile.parent.mkdir(parents=True, exist_ok=True)
+            rfile.write_text(yaml.safe_dump({k: v for k, v in recipe_doc(c, space).items() if k != "prune"},
+                                            sort_keys=True))
+            pkg = build_package(_finalist_model(lm, c, resolve_kind(lm.spec, space.prune_kind)), tp.name, str(rfile),
                                 out / "finalists" / c.key, runtime=c.runtime, progress=progress)
             manifest = json.loads((pkg / "manifest.json").read_text())
             acc = manifest["artifacts"][0].get("accuracy", {})
