@@ -34,9 +34,10 @@ def test_graph_has_int4_blocked_weights_and_uint16_activations(exported):
     weight_dq = [producer[n.input[1]] for n in mp.graph.node
                  if n.op_type == "MatMul" and n.input[1] in producer and producer[n.input[1]].input[0] in inits]
     int4 = [d for d in weight_dq if inits[d.input[0]].data_type == TensorProto.INT4]
-    # 7 linears a layer x 2 layers at int4 (GPTQ g64 codes), the tied lm_head at int8 per channel
-    assert len(int4) == 14 and res.quantized_matmuls == 15
-    assert res.layout["weights"]["matmuls"] == {"int4_g64": 14, "int8": 1}
+    # q, o, gate at int4 (GPTQ g64 codes); k, v, up, down and the tied lm_head at int8 per channel
+    assert len(int4) == 6 and res.quantized_matmuls == 15
+    assert res.layout["weights"]["matmuls"] == {"int4_g64": 6, "int8": 9}
+    assert res.layout["weights"]["recipe"]["weights"]["ffn_down"] == "int8"
     for d in int4:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in d.attribute}
         assert attrs == {"axis": 0, "block_size": 64}
