@@ -341,7 +341,8 @@ def export_onnx(model: nn.Module, out_dir: str | Path, cfg: OnnxConfig = OnnxCon
     del src
     if cfg.dtype == "qdq-w8a8":  # per-channel weights as a per-tensor scale and a float Mul (any opset)
         for layer in m.layers:
-            for owner in (layer.self_attn, layer.mlp):
+            owners = [layer.self_attn, layer.mlp] + ([layer.mlp.down_proj] if hasattr(layer.mlp.down_proj, "lin") else [])
+            for owner in owners:  # the down_proj of edge.quant.w8a8.BlockRotated is its .lin
                 for name, child in list(owner.named_children()):
                     if isinstance(child, nn.Linear):
                         setattr(owner, name, RowScaledLinear(child))

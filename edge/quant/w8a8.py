@@ -59,6 +59,7 @@ class W8A8Config:
     weights: str = "rtn"  # int8 per-channel weights: "rtn" or "gptq" (layer by layer on the calibration data)
     hybrid: int = 0  # this many more groups, those with the largest int8 output error, kept at hybrid_precision
     hybrid_precision: str = "int16"  # "int16" (the unit runs 16-bit activations) or "float" (CPU)
+    down_rotate: int = 0  # online block-Hadamard rotation of the down inputs, block size (0: off)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -166,10 +167,41 @@ class W8A8Plan:
 
 
 # ---- the groups ------------------------------------------------------------------------------
+class BlockRotated(nn.Module):
+    """``lin(x @ blockdiag(h, h, ...))``: an online block-Hadamard rotation of the input (in the
+    graph: Reshape -> MatMul by the (b, b) constant -> Reshape, float), with the inverse folded into
+    ``lin``'s columns, so the output is unchanged and the quantized input is the rotated one."""
+
+    def __init__(self, lin: nn.Linear, h: torch.Tensor):
+        super().__init__()
+        self.lin = lin
+        self.register_buffer("h", h.to(lin.weight.dtype), persistent=False)
+
+    def forward(self, x):
+        b = self.h.shape[0]
+        xr = (x.reshape(*x.shape[:-1], x.shape[-1] // b, b) @ self.h).reshape(x.shape)
+        return self.lin(xr)
+
+
 def group_linears(layer: nn.Module) -> dict[str, list[nn.Linear]]:
     a, f = layer.self_attn, layer.mlp
+    down = f.down_proj.lin if isinstance(f.down_proj, BlockRotated) else f.down_proj
     return {"qkv": [a.q_proj, a.k_proj, a.v_proj], "o": [a.o_proj], "gate_up": [f.gate_proj, f.up_proj],
-            "down": [f.down_proj]}
+            "down": [down]}
+
+
+@torch.no_grad()
+def rotate_down_inputs(model: nn.Module, block: int, seed: int = 0) -> None:
+    """Each down_proj reads its input rotated by a block-diagonal Hadamard (blocks of ``block``)."""
+    h = orthogonal(block, seed + 2)
+    for i, layer in enumerate(model.layers):
+        lin = layer.mlp.down_proj
+        if lin.weight.shape[1] % block:
+            raise ConfigError(f"w8a8 down_rotate: block {block} does not divide layer {i}'s ffn width "
+                              f"{lin.weight.shape[1]}")
+        w = lin.weight.view(lin.weight.shape[0], -1, block)
+        w.copy_(w @ h)  # W' = W blockdiag(h): x W^T = (x blockdiag(h)) W'^T
+        layer.mlp.down_proj = BlockRotated(lin, h)
 
 
 def groups_of(model: nn.Module) -> dict[str, list[nn.Linear]]:
@@ -486,9 +518,11 @@ def prepare_w8a8(model: nn.Module, calib_tokens: np.ndarray, cfg: W8A8Config = W
         p.requires_grad_(False)
     if cfg.rotate:
         rotate_model(m, cfg.seed)
+    if cfg.down_rotate:
+        rotate_down_inputs(m, cfg.down_rotate, cfg.seed)
     if cfg.alpha > 0:
         kinds = () if cfg.rotate else ("qkv", "gate_up")
-        if not cfg.split:
+        if not cfg.split and not cfg.down_rotate:
             kinds += ("down",)
         if kinds:
             smooth_groups(m, tokens, cfg.alpha, kinds)
@@ -496,17 +530,23 @@ def prepare_w8a8(model: nn.Module, calib_tokens: np.ndarray, cfg: W8A8Config = W
         gptq_weights_int8(m, tokens)
     else:
         quantize_weights_int8(m)
+    return m, plan_acts(m, tokens, cfg)
+
+
+def plan_acts(m: nn.Module, tokens: np.ndarray, cfg: W8A8Config) -> W8A8Plan:
+    """The activation side of ``cfg`` on a model ``prepare_w8a8`` already rewrote and quantized
+    (same rotation, smoothing and weights): static scales, split channels, hybrid groups."""
     acts = calibrate(m, tokens, cfg)
     info = {}
     if cfg.hybrid:  # the groups whose int8 input hurts their outputs most: higher precision
         err = output_error(m, tokens, acts)
         worst = sorted(err, key=lambda g: -err[g])[: cfg.hybrid]
         info["int8_output_nsr"] = {g: round(v, 6) for g, v in sorted(err.items(), key=lambda kv: -kv[1])}
-        hyb = W8A8Config(**{**dataclasses.asdict(cfg), "hybrid": 0,
-                            "keep": tuple(cfg.keep) + tuple((g, cfg.hybrid_precision) for g in worst)})
+        hyb = dataclasses.replace(cfg, hybrid=0, keep=tuple(cfg.keep) + tuple((g, cfg.hybrid_precision) for g in worst))
         acts = calibrate(m, tokens, hyb)
     head = m.lm_head.weight.numel()
-    return m, W8A8Plan(cfg, acts, group_macs(m), {g: lins[0].weight.shape[1] for g, lins in groups_of(m).items()}, head, info)
+    return W8A8Plan(cfg, acts, group_macs(m), {g: lins[0].weight.shape[1] for g, lins in groups_of(m).items()},
+                    head, info)
 
 
 def attach_fake_quant(model: nn.Module, plan: W8A8Plan) -> list:

@@ -150,6 +150,27 @@ def test_gptq_weights_and_hybrid_by_output_error(tiny, tmp_path):
     assert not torch.equal(qm.layers[1].mlp.down_proj.weight, rtn.layers[1].mlp.down_proj.weight)
 
 
+def test_online_down_rotation(tiny, tmp_path):
+    """The block-Hadamard rotation of the down inputs is exact in float and lands in the graph as a
+    float MatMul by the block before the int8 down_proj."""
+    import onnx
+
+    from edge.quant.w8a8 import W8A8Config, rotate_down_inputs
+
+    m = copy.deepcopy(tiny)
+    rotate_down_inputs(m, 32)
+    x = torch.tensor([TOKENS])
+    with torch.no_grad():
+        assert torch.allclose(m(x), tiny(x), atol=2e-5)
+    pytest.importorskip("onnxruntime")
+    res, got, emu = run_qdq(tiny, tmp_path, W8A8Config(down_rotate=32), "onnx-opset11")
+    assert_same(got, emu)
+    assert res.quantized_matmuls == 14
+    ops = collections.Counter(n.op_type for n in onnx.load(str(tmp_path / res.files[0])).graph.node)
+    # 14 linears + 5 norms + 2 x 4 in attention (RoPE, scores, values) + lm_head = 28, + 1 rotation per layer
+    assert ops["MatMul"] == 28 + 2 and ops["QuantizeLinear"] == 8
+
+
 def test_bad_w8a8_settings(tiny, tmp_path):
     from edge.errors import ConfigError
     from edge.export.onnx import OnnxConfig, export_onnx
