@@ -96,3 +96,28 @@ def test_qnn_options_come_from_the_target_profile():
     assert qnn_options(load_target("snapdragon-8gen2")) == {"htp_arch": "73", "soc_model": "43"}
     with pytest.raises(ConfigError, match="htp_arch"):
         qnn_options(load_target("horizon-j5"))
+
+
+def test_snapdragon_default_build_validates_on_cpu_and_emulated_htp(tmp_path):
+    """`edge build --target snapdragon-8gen2` (no recipe: w4a16) gives the QDQ package; validate runs it on
+    ORT CPU and on the emulated HTP, and compares the two."""
+    from edge.build import BuildConfig, build_package
+    from edge.package import read_manifest
+    from edge.runtime.eager import TorchRunner
+    from edge.validate import validate
+    from tests.tinymodels import tiny_loaded
+
+    lm = tiny_loaded()
+    cfg = BuildConfig(max_seq=64, calib_samples=8, calib_seq=32, eval_window=32, eval_windows=2)
+    pkg = build_package(lm, "snapdragon-8gen2", None, tmp_path / "pkg", cfg=cfg, progress=lambda s: None)
+    m = read_manifest(pkg)
+    art = m["artifacts"][0]
+    assert (m["recipe"], art["option"], art["device_runtime"]) == ("w4a16", "qdq-w4a16", "qnn-htp")
+    assert art["layout"]["weights"]["recipe"]["weights"]["attn_q"] == "int4_g64"  # the recipe is recorded
+    rep = validate(pkg, reference=TorchRunner(lm.model).logits)
+    checks = {c.name: c for c in rep.checks}
+    htp = "model.onnx (qnn-htp, emulated)"
+    assert checks[f"{htp}: every node on the HTP (CPU fallback disabled)"].ok
+    assert checks[f"{htp}: top1 vs onnxruntime CPU"].ok
+    assert f"{htp} vs model.onnx (onnxruntime)" in rep.accuracy
+    assert rep.accuracy[htp]["tokens"] == rep.accuracy["model.onnx (onnxruntime)"]["tokens"] == 64
