@@ -30,13 +30,15 @@ CALIB = "assistant:3,general:7"
 # variant -> (recipe preset, method); "mixed" is built from the sensitivity analysis
 # (Q8_0 by round-to-nearest: it is already within ~0.005 KLD and GPTQ would double the run on a
 # shared 2-core host; the preset's default is GPTQ.)
+# (a third element: recipe overrides). The mixed recipe takes the q4_0 preset's GPTQ settings.
 OURS = {
     "ours RTN Q4_0": ("q4_0", "rtn"),
-    "ours GPTQ Q4_0": ("q4_0", "gptq"),
-    "ours AWQ Q4_0": ("q4_0", "awq"),
+    "ours GPTQ Q4_0": ("q4_0", "gptq", {"gptq": {"asym": False}}),
+    "ours GPTQ+asym Q4_0": ("q4_0", "gptq", {"gptq": {"asym": True}}),
+    "ours AWQ Q4_0": ("q4_0", "awq", {"awq": {"grid": 5}}),  # alpha step 0.2: AWQ was the slowest row
     "ours RTN Q8_0": ("q8_0", "rtn"),
     "ours mixed (Q4_0 size)": ("mixed", "gptq"),
-    "ours GPTQ Q4_0, half the layers": ("q4_0", "gptq"),
+    "ours GPTQ Q4_0, half the layers": ("q4_0", "gptq", {"gptq": {"asym": False}}),
 }
 LLAMACPP = {"llama.cpp Q8_0": "Q8_0", "llama.cpp Q4_0": "Q4_0", "llama.cpp Q4_K_M": "Q4_K_M"}
 
@@ -74,7 +76,7 @@ def worker(args) -> None:
     torch.set_num_threads(2)
     lm = load_model(args.f32)
     rss_loaded = peak_rss_mb()
-    preset, method = OURS[args.worker]
+    preset, method, *over = OURS[args.worker]
     if args.worker.endswith("half the layers"):
         spec = lm.spec.with_(n_layers=lm.spec.n_layers // 2)
         lm.model.layers = lm.model.layers[: spec.n_layers]
@@ -83,14 +85,21 @@ def worker(args) -> None:
     calib = token_batches(lm.tokenizer, ccfg)
     info: dict = {}
     if preset == "mixed":
-        recipe = recipe_from_dict(json.loads(Path(args.mixed_recipe).read_text())["recipe"], "mixed")
+        doc = json.loads(Path(args.mixed_recipe).read_text())["recipe"]
+        doc.pop("gptq", None)  # the preset's GPTQ settings as of now (what --recipe q4_0 uses)
+        recipe = recipe_from_dict(doc, "mixed")
+    elif over:
+        recipe = recipe_from_dict({"base": preset, "method": method, **over[0]}, f"{preset}_{method}")
     else:
         recipe = load_recipe(preset, method=method)
+    info["recipe"] = recipe.to_dict()
     reset_peak_rss()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     q = quantize(lm.model, recipe, calib)
     info["quant_s"] = time.perf_counter() - t0
+    info["quant_cpu_s"] = time.process_time() - c0  # all threads; less sensitive to the host's load
     info["peak_rss_mb"] = peak_rss_mb()
+    info["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # load included
     info["rss_after_load_mb"] = rss_loaded
     info["n_layers"] = lm.model.spec.n_layers
     info["rescale"] = q.info.get("rescale", [])[:3]
@@ -121,7 +130,7 @@ def tensor_bytes(path: Path) -> tuple[int, int]:
     return sum(int(t.n_bytes) for t in r.tensors), sum(int(t.n_elements) for t in r.tensors)
 
 
-def sensitivity_recipe(args, budget_file_bytes: int, overhead_bytes: int, work: Path) -> dict:
+def sensitivity_recipe(args, budget_file_bytes: int, overhead_bytes: int) -> dict:
     """Sensitivity of each layer and the output head, then the mixed recipe that fits the budget."""
     import torch
 
@@ -133,13 +142,14 @@ def sensitivity_recipe(args, budget_file_bytes: int, overhead_bytes: int, work: 
     torch.set_num_threads(2)
     lm = load_model(args.f32)
     toks = token_batches(lm.tokenizer, CalibConfig.from_spec(CALIB, n_samples=2, seq_len=256, seed=1))
-    t0 = time.perf_counter()
-    sens = sensitivity(lm.model, toks, formats=("q4_0", "q5_0", "q8_0"), layer_formats=("q4_0", "q5_0"))
+    t0, c0 = time.perf_counter(), time.process_time()
+    sens = sensitivity(lm.model, toks, formats=("q4_0", "q5_0", "q8_0"), layer_formats=("q4_0", "q5_0", "q8_0"),
+                       kl_stride=2)
     norms = sum(p.numel() * 4 for n, p in lm.model.named_parameters() if n.endswith("norm.weight"))
     recipe, est = assign_mixed(sens, load_recipe("q4_0"), budget_bytes=budget_file_bytes - overhead_bytes,
                                fixed_bytes=norms, name="mixed_q4_0_size")
     return {"recipe": recipe.to_dict(), "estimate": est, "sensitivity": sens.to_dict(),
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
 
 
 def main() -> None:
@@ -154,11 +164,14 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--work", type=Path, default=Path("/tmp/edge_quant_bench"))
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--skip-w8a8", action="store_true",
+                    help="keep the W8A8 line of the existing JSON (marked as carried over) instead of re-running it")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/quant_gguf.json")
     args = ap.parse_args()
+    if args.worker == "sensitivity":
+        res = sensitivity_recipe(args, *json.loads(args.mixed_recipe))
+        return args.out.write_text(json.dumps(res))
     if args.worker:
-        if args.worker == "mixed":
-            pass
         return worker(args)
     if args.quick:
         args.n_samples = 8
@@ -205,41 +218,83 @@ def main() -> None:
         convert_gguf(args.f32, p, ftype)
         score(name, "llama.cpp", p, time.perf_counter() - t0)
 
-    for name, (preset, method) in OURS.items():
-        if preset == "mixed" or name.endswith("half the layers"):
-            continue
-        p = work / f"ours_{preset}_{method.replace('+', '_')}.gguf"
-        info = run_worker(name, p, args)
-        score(name, "edge", p, info["quant_s"], info)
-
-    # mixed precision at llama.cpp Q4_0's file size: budget = its size minus our file's non-weight bytes
+    # Our quantizations run as subprocesses, two at a time (a shared 2-core host): the sensitivity
+    # analysis then the mixed recipe on one side, the fixed recipes on the other.
     ll_q4 = (work / "llamacpp_Q4_0.gguf").stat().st_size
-    ours_rtn = work / "ours_q4_0_rtn.gguf"
-    tb, _ = tensor_bytes(ours_rtn)
-    overhead = ours_rtn.stat().st_size - tb + 4096  # metadata; slack for the longer recipe string
-    mixed = sensitivity_recipe(args, ll_q4, overhead, work)
-    mixed_path = work / "mixed_recipe.json"
-    mixed_path.write_text(json.dumps(mixed))
-    name = "ours mixed (Q4_0 size)"
-    p = work / "ours_mixed.gguf"
-    info = run_worker(name, p, args, ["--mixed-recipe", str(mixed_path)])
-    info["sensitivity_s"] = mixed["seconds"]
-    score(name, "edge", p, info["quant_s"] + mixed["seconds"], info)
+    results: dict[str, dict] = {}
 
-    half = run_worker("ours GPTQ Q4_0, half the layers", work / "unused.gguf", args)
+    def fixed_chain():
+        for k, (name, (preset, method, *_)) in enumerate(OURS.items()):
+            if preset == "mixed" or name.endswith("half the layers"):
+                continue
+            p = work / f"ours_{k}_{preset}_{method.replace('+', '_')}.gguf"
+            results[name] = {"path": p, **run_worker(name, p, args)}
+
+    def mixed_chain():
+        # budget = llama.cpp Q4_0's file size minus our file's non-weight bytes (metadata, measured
+        # on a file written without calibration: an RTN Q4_0 of the same model, + slack for the recipe)
+        p = work / "ours_q4_0_rtn_probe.gguf"
+        run_worker("ours RTN Q4_0", p, args)
+        tb, _ = tensor_bytes(p)
+        overhead = p.stat().st_size - tb + 4096
+        sens_path = work / "mixed_recipe.json"
+        cmd = [sys.executable, __file__, "--worker", "sensitivity", "--out", str(sens_path), "--f32", str(args.f32),
+               "--mixed-recipe", json.dumps([ll_q4, overhead])]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode:
+            raise SystemExit(f"sensitivity failed:\n{res.stderr[-3000:]}")
+        mixed = json.loads(sens_path.read_text())
+        name = "ours mixed (Q4_0 size)"
+        p = work / "ours_mixed.gguf"
+        results[name] = {"path": p, **run_worker(name, p, args, ["--mixed-recipe", str(sens_path)])}
+        results["_mixed"] = mixed
+        name = "ours GPTQ Q4_0, half the layers"
+        results[name] = {"path": None, **run_worker(name, work / "unused.gguf", args)}
+
+    import threading
+
+    threads = [threading.Thread(target=fixed_chain), threading.Thread(target=mixed_chain)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    missing = [n for n in OURS if n not in results]
+    if missing:
+        raise SystemExit(f"quantization failed for {', '.join(missing)} (see the messages above)")
+    mixed = results.pop("_mixed")
+    for name in OURS:
+        if name.endswith("half the layers"):
+            continue
+        info = {k: v for k, v in results[name].items() if k != "path"}
+        quant_s = info["quant_s"]
+        if name == "ours mixed (Q4_0 size)":
+            info["sensitivity_s"], info["sensitivity_cpu_s"] = mixed["seconds"], mixed["cpu_seconds"]
+            quant_s += mixed["seconds"]
+        score(name, "edge", results[name]["path"], quant_s, info)
+
+    half = results["ours GPTQ Q4_0, half the layers"]
     full = next(r for r in rows if r["variant"] == "ours GPTQ Q4_0")
-    scaling = {"full_layers": full["n_layers"], "full_s": full["quant_s"], "full_peak_rss_mb": full["peak_rss_mb"],
-               "half_layers": half["n_layers"], "half_s": half["quant_s"], "half_peak_rss_mb": half["peak_rss_mb"],
-               "time_ratio": full["quant_s"] / half["quant_s"]}
-    w8a8 = torch_w8a8(args, toks)
+    scaling = {"full_layers": full["n_layers"], "full_s": full["quant_s"], "full_cpu_s": full["quant_cpu_s"],
+               "full_peak_rss_mb": full["peak_rss_mb"],
+               "half_layers": half["n_layers"], "half_s": half["quant_s"], "half_cpu_s": half["quant_cpu_s"],
+               "half_peak_rss_mb": half["peak_rss_mb"], "time_ratio": full["quant_s"] / half["quant_s"],
+               "cpu_time_ratio": full["quant_cpu_s"] / half["quant_cpu_s"]}
+    if args.skip_w8a8 and args.json.exists():
+        w8a8 = {**json.loads(args.json.read_text()).get("w8a8", {}), "carried_over": "from the previous run's JSON"}
+    else:
+        w8a8 = torch_w8a8(args, toks)
 
     print()
     print_table(rows)
-    print(f"\nlinear time: GPTQ Q4_0 {scaling['full_layers']} layers {scaling['full_s']:.1f} s "
-          f"(peak RSS {scaling['full_peak_rss_mb']:.0f} MB), {scaling['half_layers']} layers {scaling['half_s']:.1f} s "
-          f"(peak RSS {scaling['half_peak_rss_mb']:.0f} MB): ratio {scaling['time_ratio']:.2f}")
-    print(f"W8A8 (torch fake-quant, SmoothQuant 0.5, static per-tensor int8 activations): ppl {w8a8['ppl']:.3f} "
-          f"vs F32 {w8a8['ref_ppl']:.3f} ({w8a8['ppl_change']:+.2%}), quantized in {w8a8['quant_s']:.1f} s")
+    print(f"\nlinear time: GPTQ Q4_0 {scaling['full_layers']} layers {scaling['full_s']:.1f} s wall, "
+          f"{scaling['full_cpu_s']:.1f} s CPU (peak RSS {scaling['full_peak_rss_mb']:.0f} MB), "
+          f"{scaling['half_layers']} layers {scaling['half_s']:.1f} s wall, {scaling['half_cpu_s']:.1f} s CPU "
+          f"(peak RSS {scaling['half_peak_rss_mb']:.0f} MB): ratio {scaling['time_ratio']:.2f} wall, "
+          f"{scaling['cpu_time_ratio']:.2f} CPU")
+    if "ppl" in w8a8:
+        print(f"W8A8 (torch fake-quant, SmoothQuant 0.5, static per-tensor int8 activations): ppl {w8a8['ppl']:.3f} "
+              f"vs F32 {w8a8['ref_ppl']:.3f} ({w8a8['ppl_change']:+.2%}), quantized in {w8a8['quant_s']:.1f} s"
+              + (" (carried over)" if "carried_over" in w8a8 else ""))
     out = {"model": MODEL, "calibration": CALIB, "n_samples": args.n_samples, "seq_len": args.seq_len,
            "eval": {"text": "heldout", "tokens": len(toks), "window": args.window, "runtime": "llama-cpp-python",
                     "kv_type": "f32", "threads": 2},
@@ -283,12 +338,13 @@ def torch_w8a8(args, toks) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| variant | size MB | bpw | ppl | ppl change | KLD | top-1 | quant s | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| variant | size MB | bpw | ppl | ppl change | KLD | top-1 | quant s (wall) | quant CPU s | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         rss = f"{r['peak_rss_mb']:.0f}" if "peak_rss_mb" in r else ""
+        cpu = f"{r['quant_cpu_s'] + r.get('sensitivity_cpu_s', 0):.1f}" if "quant_cpu_s" in r else ""
         print(f"| {r['variant']} | {r['size_mb']:.2f} | {r['bpw']:.3f} | {r['ppl']:.3f} | {r['ppl_change']:+.2%} | "
-              f"{r['kld']:.4f} | {r['top1']:.3f} | {r['quant_s']:.1f} | {rss} |")
+              f"{r['kld']:.4f} | {r['top1']:.3f} | {r['quant_s']:.1f} | {cpu} | {rss} |")
 
 
 if __name__ == "__main__":

@@ -74,19 +74,31 @@ class GPTQConfig:
     scale_search: bool = True  # importance-weighted scale search before the sweep (static groups)
     refit_scales: bool = False  # after the sweep, exact least-squares scales for the fixed codes: ~4% lower
     # layer error on SmolLM2 q_proj/gate_proj for ~4x the time, so off by default
+    static_groups: bool = True  # scales fixed before the sweep; False (needs act_order False): each group's
+    # scale searched when the sweep reaches it, on the GPTQ-updated weights
+    asym: bool = True  # target the float model's layer outputs from the quantized model's inputs (GPTAQ);
+    # costs one float forward pass per layer; docs/quantization.md has the measurement
+    asym_damp: float = 0.1  # ridge on that target's solve, as a fraction of mean(diag H)
+    asym_min_tokens: float = 4.0  # ... used for a linear only with >= this many calibration tokens per input
+    # feature (fewer: plain GPTQ; on a tiny model 4 tokens/feature was already worse than plain)
 
     def __post_init__(self) -> None:
         if not 0 < self.damp < 1:
             raise ConfigError(f"gptq.damp must be in (0, 1), got {self.damp}")
         if self.block_size < 1:
             raise ConfigError(f"gptq.block_size must be >= 1, got {self.block_size}")
+        if not self.asym_damp >= 0:
+            raise ConfigError(f"gptq.asym_damp must be >= 0, got {self.asym_damp}")
+        if not self.static_groups and self.act_order:
+            raise ConfigError("gptq.static_groups: false needs act_order: false (act-order visits a group's "
+                              "columns out of order, so its scale must be fixed before the sweep)")
 
 
 @dataclass(frozen=True)
 class AWQConfig:
     """AWQ (Lin et al. 2023): per-input-channel scales s = mean|x|^alpha, alpha searched on a grid."""
 
-    grid: int = 20
+    grid: int = 10  # alpha step 0.1 (0.05 cost twice the time; the search was the slowest part)
     max_tokens: int = 4096  # calibration tokens used for the search (subsampled)
 
     def __post_init__(self) -> None:

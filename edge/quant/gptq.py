@@ -4,7 +4,9 @@ layer's calibration inputs.
 
 The grid is the target format's own: scales per group of ``fmt.group`` columns (a GGUF block),
 chosen before the sweep ("static groups", so act-order can visit columns in any order) by an
-importance-weighted search (diag H as the importance, as llama.cpp's imatrix), then kept fixed.
+importance-weighted search (diag H as the importance, as llama.cpp's imatrix), then kept fixed;
+or, without act-order, each group's scale is searched when the sweep reaches it, on the weights as
+GPTQ has updated them ("dynamic groups").
 
     H = hessian_accumulate(None, x)                   # x (tokens, in_features)
     qt, w_hat = gptq_quantize(W, H, FORMATS["q4_0"], GPTQConfig())
@@ -45,10 +47,32 @@ def torch_threads(n: int):
 
 
 def gptq_quantize(w: torch.Tensor, h: torch.Tensor, fmt: Format, cfg: GPTQConfig,
-                  name: str = "weight") -> tuple[QTensor, torch.Tensor]:
-    """w (rows, cols), h (cols, cols) -> (QTensor, dequantized w (rows, cols) float32)."""
+                  name: str = "weight", cross: torch.Tensor | None = None) -> tuple[QTensor, torch.Tensor]:
+    """w (rows, cols), h (cols, cols) -> (QTensor, dequantized w (rows, cols) float32).
+
+    ``cross`` (cols, cols) = X_f^T X_q: quantize towards the float model's output (asym_target).
+    """
     with torch_threads(1):
+        if cross is not None:
+            w = asym_target(w, h, cross, cfg.asym_damp)
         return _gptq(w, h, fmt, cfg, name)
+
+
+def asym_target(w: torch.Tensor, h: torch.Tensor, c: torch.Tensor, damp: float) -> torch.Tensor:
+    """The float weights that best reproduce the float model's output from the quantized model's input.
+
+    With X_q the inputs this layer sees in the partly quantized model and X_f the float model's,
+    ||X_f W^T - X_q Q^T||^2 = tr((Q - W_t) H (Q - W_t)^T) + const, with H = X_q^T X_q,
+    C = X_f^T X_q and W_t = W C H^-1 = W + W (C - H) H^-1 (H damped by ``damp``: the correction is
+    shrunk towards W where the calibration says little). GPTQ on (W_t, H) then minimises
+    the error against the float model's output, so each layer also absorbs the error the quantized
+    layers before it left in its input (asymmetric calibration, as GPTAQ, Li et al. 2025).
+    """
+    h = h.double()
+    hd = h + damp * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=h.dtype)
+    # W_t = W + W (C - H) H^-1: the ridge shrinks the correction, not W itself (H symmetric)
+    corr = torch.linalg.solve(hd, (c.double() - h).T @ w.double().T).T
+    return (w.double() + corr).float()
 
 
 def _gptq(w, h, fmt, cfg, name):
@@ -60,7 +84,8 @@ def _gptq(w, h, fmt, cfg, name):
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     importance = torch.diag(h).float()
-    d, z = search_params(w, fmt, importance) if cfg.scale_search else default_params(w, fmt)
+    static = cfg.scale_search and (cfg.static_groups or cfg.act_order)
+    d, z = search_params(w, fmt, importance) if static else default_params(w, fmt)
     g = fmt.group_size(cols)
     group_of = torch.arange(cols) // g  # column -> group index
 
@@ -81,6 +106,9 @@ def _gptq(w, h, fmt, cfg, name):
     q_out = torch.zeros(rows, cols, dtype=torch.int16)
     w_hat = torch.zeros_like(w)
     bs = cfg.block_size
+    dynamic = not cfg.static_groups and not cfg.act_order and g < cols
+    if dynamic:
+        bs = max(g, bs // g * g)  # a block holds whole groups
     for i1 in range(0, cols, bs):
         i2 = min(i1 + bs, cols)
         w1 = w[:, i1:i2].clone()
@@ -89,6 +117,11 @@ def _gptq(w, h, fmt, cfg, name):
         for i in range(i2 - i1):
             col = w1[:, i]
             gi = group_of[i1 + i]
+            if dynamic and (i1 + i) % g == 0:  # this group's scale from its weights as updated so far
+                search = search_params if cfg.scale_search else (lambda x, f, _imp: default_params(x, f))
+                dn, zn = search(w1[:, i : i + g], fmt, importance[i1 + i : i1 + i + g])
+                d[:, gi], z[:, gi] = dn[:, 0], zn[:, 0]
+                inv_d[:, gi] = torch.where(dn[:, 0] == 0, torch.zeros_like(dn[:, 0]), 1.0 / dn[:, 0])
             dg, zg = d[:, gi], z[:, gi]
             q = torch.round(col * inv_d[:, gi]).add_(zg).clamp_(fmt.qmin, fmt.qmax)
             deq = dg * (q - zg)

@@ -155,9 +155,10 @@ class _Stage:
         self.recipe, self.plan, self.out = recipe, plan, out
         self.use_gptq = "gptq" in recipe.method
         self.search = recipe.method != "rtn"
+        self.tokens = 0  # calibration tokens (GPTQ asym needs many per input feature)
 
     @torch.no_grad()
-    def linear(self, name: str, m: nn.Linear, h: torch.Tensor | None) -> None:
+    def linear(self, name: str, m: nn.Linear, h: torch.Tensor | None, cross: torch.Tensor | None = None) -> None:
         fmt = get_format(self.plan[name])
         if fmt.is_float:
             if fmt.name == "f16":
@@ -171,7 +172,9 @@ class _Stage:
         if h is None:
             qt = exact
         elif self.use_gptq:
-            qt, _ = gptq_quantize(w, h, fmt, self.recipe.gptq, name=name)
+            if cross is not None and self.tokens < self.recipe.gptq.asym_min_tokens * w.shape[1]:
+                cross = None  # too few tokens for the asymmetric target: it would overfit them
+            qt, _ = gptq_quantize(w, h, fmt, self.recipe.gptq, name=name, cross=cross)
         elif self.search and h is not None:
             with torch_threads(1):
                 d, z = search_params(w, fmt, torch.diag(h).float())
@@ -230,17 +233,20 @@ def quantize(model: nn.Module, recipe: QuantRecipe | str | Path, calib=None, *, 
 
     tokens = _check_calib(calib, spec.vocab_size)
     n, T = tokens.shape
-    out.info["calib_tokens"] = int(n * T)
+    out.info["calib_tokens"] = stage.tokens = int(n * T)
     x = model.embed_tokens(tokens).float()  # (n, T, dim)
     positions = torch.arange(T)
     cos, sin = model.rope(positions, x.dtype)
     mask = torch.ones(T, T, dtype=torch.bool).tril()
     awq_log = []
+    x_fp = x.clone() if "gptq" in recipe.method and recipe.gptq.asym else None
     for i, layer in enumerate(model.layers):
         _check_finite(x, f"the activations entering layer {i}")
         if recipe.smoothquant > 0 or "awq" in recipe.method:
             awq_log.append(_rescale_layer(layer, x, cos, sin, mask, recipe, plan, i, chunk))
-        x = _quantize_layer(layer, i, x, cos, sin, mask, stage, recipe, out, chunk)
+        fp = _float_pass(layer, x_fp, cos, sin, mask, chunk) if x_fp is not None else None
+        x = _quantize_layer(layer, i, x, cos, sin, mask, stage, recipe, out, chunk, fp)
+        x_fp = fp["out"] if fp is not None else None
         if progress is not None:
             progress(i + 1, spec.n_layers)
     _check_finite(x, "the output of the last layer")
@@ -286,9 +292,13 @@ class _Stats:
 
     def __init__(self, want_h: bool):
         self.want_h, self.h, self.absmax, self.abssum, self.count = want_h, None, None, None, 0
+        self.cross = None  # X_f^T X_q when the float model's activation is given (GPTQ asym)
 
-    def add(self, t: torch.Tensor) -> None:
+    def add(self, t: torch.Tensor, t_fp: torch.Tensor | None = None) -> None:
         t2 = t.reshape(-1, t.shape[-1]).float()
+        if t_fp is not None and self.want_h:
+            c = (t_fp.reshape(-1, t_fp.shape[-1]).float().T @ t2).double()
+            self.cross = c if self.cross is None else self.cross + c
         am, s = t2.abs().amax(0), t2.abs().sum(0)
         self.absmax = am if self.absmax is None else torch.maximum(self.absmax, am)
         self.abssum = s if self.abssum is None else self.abssum + s
@@ -341,18 +351,39 @@ def _rescale_layer(layer, x, cos, sin, mask, recipe, plan, i, chunk) -> dict:
     return log
 
 
-def _quantize_layer(layer, i, x, cos, sin, mask, stage: _Stage, recipe, out, chunk) -> torch.Tensor:
-    """Quantize one decoder layer in order q/k/v -> o -> gate/up -> down; return its output (n, T, dim)."""
+def _float_pass(layer, x_fp, cos, sin, mask, chunk) -> dict:
+    """The float layer's linear inputs and output on the float model's residual stream (GPTQ asym)."""
+    attn, mlp = layer.self_attn, layer.mlp
+    dense = _is_dense(layer)  # an MoE layer's experts are quantized without it (router-weighted Hessians)
+    fp: dict[str, list] = {"a": [], "y": [], "b": [], "m": [], "out": []}
+    for sl in _chunks(x_fp.shape[0], chunk):
+        xc = x_fp[sl]
+        a = layer.input_layernorm(xc)
+        y = _attn_core(attn, a, cos, sin, mask)
+        h = xc + attn.o_proj(y)
+        b = layer.post_attention_layernorm(h)
+        m = F.silu(mlp.gate_proj(b)) * mlp.up_proj(b) if dense else None
+        for k, v in zip(("a", "y", "b", "m", "out"), (a, y, b, m, h + (mlp.down_proj(m) if dense else mlp(b)))):
+            if v is not None:
+                fp[k].append(v)
+    return {k: torch.cat(v) for k, v in fp.items() if v}
+
+
+def _quantize_layer(layer, i, x, cos, sin, mask, stage: _Stage, recipe, out, chunk, fp=None) -> torch.Tensor:
+    """Quantize one decoder layer in order q/k/v -> o -> gate/up -> down; return its output (n, T, dim).
+
+    ``fp`` (from _float_pass): the float model's inputs of each linear, to quantize towards its outputs."""
     attn, mlp = layer.self_attn, layer.mlp
     n = x.shape[0]
+    fpv = (lambda k, sl: fp[k][sl]) if fp is not None else (lambda k, sl: None)
     p = f"layers.{i}."
     act = recipe.activations
     want_h = recipe.method != "rtn"
 
-    def hess(tensors):
+    def hess(tensors, key):
         st = _Stats(want_h)
-        for t in tensors:
-            st.add(t)
+        for sl in _chunks(n, chunk):
+            st.add(tensors[sl], fpv(key, sl))
         return st
 
     # q, k, v
@@ -360,16 +391,16 @@ def _quantize_layer(layer, i, x, cos, sin, mask, stage: _Stage, recipe, out, chu
     for sl in _chunks(n, chunk):
         a = layer.input_layernorm(x[sl])
         _check_finite(a, f"the attention input of layer {i}")
-        a_st.add(a)
+        a_st.add(a, fpv("a", sl))
     for cls, m in (("q_proj", attn.q_proj), ("k_proj", attn.k_proj), ("v_proj", attn.v_proj)):
-        stage.linear(f"{p}self_attn.{cls}.weight", m, a_st.h)
+        stage.linear(f"{p}self_attn.{cls}.weight", m, a_st.h, a_st.cross)
         if act != "none":
             _attach_act_quant(m, f"{p}self_attn.{cls}", act, float(a_st.absmax.max()), out)
     # o
     y = torch.cat([_attn_core(attn, layer.input_layernorm(x[sl]), cos, sin, mask) for sl in _chunks(n, chunk)])
     _check_finite(y, f"the attention output of layer {i}")
-    y_st = hess(y[sl] for sl in _chunks(n, chunk))
-    stage.linear(f"{p}self_attn.o_proj.weight", attn.o_proj, y_st.h)
+    y_st = hess(y, "y")
+    stage.linear(f"{p}self_attn.o_proj.weight", attn.o_proj, y_st.h, y_st.cross)
     if act != "none":
         _attach_act_quant(attn.o_proj, f"{p}self_attn.o_proj", act, float(y_st.absmax.max()), out)
     h = x + torch.cat([attn.o_proj(y[sl]) for sl in _chunks(n, chunk)])
@@ -378,15 +409,15 @@ def _quantize_layer(layer, i, x, cos, sin, mask, stage: _Stage, recipe, out, chu
     b = torch.cat([layer.post_attention_layernorm(h[sl]) for sl in _chunks(n, chunk)])
     _check_finite(b, f"the MLP input of layer {i}")
     if _is_dense(layer):
-        b_st = hess(b[sl] for sl in _chunks(n, chunk))
+        b_st = hess(b, "b")
         for cls, m in (("gate_proj", mlp.gate_proj), ("up_proj", mlp.up_proj)):
-            stage.linear(f"{p}mlp.{cls}.weight", m, b_st.h)
+            stage.linear(f"{p}mlp.{cls}.weight", m, b_st.h, b_st.cross)
             if act != "none":
                 _attach_act_quant(m, f"{p}mlp.{cls}", act, float(b_st.absmax.max()), out)
         m_st = _Stats(want_h)
         for sl in _chunks(n, chunk):
-            m_st.add(F.silu(mlp.gate_proj(b[sl])) * mlp.up_proj(b[sl]))
-        stage.linear(f"{p}mlp.down_proj.weight", mlp.down_proj, m_st.h)
+            m_st.add(F.silu(mlp.gate_proj(b[sl])) * mlp.up_proj(b[sl]), fpv("m", sl))
+        stage.linear(f"{p}mlp.down_proj.weight", mlp.down_proj, m_st.h, m_st.cross)
         if act != "none":
             _attach_act_quant(mlp.down_proj, f"{p}mlp.down_proj", act, float(m_st.absmax.max()), out)
     else:

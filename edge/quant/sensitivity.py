@@ -65,11 +65,13 @@ def _kl(ref_logp: torch.Tensor, logits: torch.Tensor) -> float:
 
 @torch.no_grad()
 def sensitivity(model, tokens, formats=("q4_0", "q5_0", "q8_0"), units: str = "layers",
-                progress=None, layer_formats: tuple[str, ...] | None = None) -> Sensitivity:
+                progress=None, layer_formats: tuple[str, ...] | None = None, kl_stride: int = 1) -> Sensitivity:
     """KL per unit per format. units: "layers" (each decoder layer + output) or "classes".
 
     ``layer_formats`` restricts the formats tried on layer/class units (the output head gets all
     of ``formats``): each try is a partial forward pass, so fewer tries is proportionally faster.
+    ``kl_stride`` scores every k-th position only (the vocabulary projection of a small model costs
+    as much as several layers; the layers still run on every position).
     """
     if model.spec.is_moe:
         raise ConfigError("sensitivity analysis of MoE models is not implemented; use a dense model")
@@ -88,13 +90,13 @@ def sensitivity(model, tokens, formats=("q4_0", "q5_0", "q8_0"), units: str = "l
     hs = [model.embed_tokens(tokens).float()]
     for layer in model.layers:
         hs.append(layer(hs[-1], cos, sin, mask, None))
-    ref = F.log_softmax(model.lm_head(model.norm(hs[-1])).float(), -1)
+    ref = F.log_softmax(model.lm_head(model.norm(hs[-1][:, ::kl_stride])).float(), -1)
 
     def run_from(start: int) -> torch.Tensor:
         x = model.embed_tokens(tokens).float() if start == 0 else hs[start]
         for layer in model.layers[start:]:
             x = layer(x, cos, sin, mask, None)
-        return model.lm_head(model.norm(x))
+        return model.lm_head(model.norm(x[:, ::kl_stride]))
 
     kl: dict[str, dict[str, float]] = {}
     params: dict[str, int] = {}
