@@ -1,9 +1,15 @@
 """Export step, ExecuTorch: the reference decoder -> a ``.pte`` program lowered to XNNPACK.
 
-One method, ``forward(tokens (1, T) int64, start_pos (1,) int64) -> logits (1, T, vocab) fp32``,
-runs both prefill (T tokens) and decode (T = 1) against a static KV cache held inside the program
-as mutable buffers. Export-friendly rewrites are applied to a copy of the model, never to the
-reference (measured on 2 cores, they make decode 2.8x faster, see docs/export.md):
+``forward(tokens (1, T) int64, start_pos (1,) int64) -> logits (1, T, vocab) fp32`` runs both
+prefill (T tokens) and decode (T = 1) against a static KV cache held inside the program as
+mutable buffers. With ``PteConfig(decode_method=True)`` a second method, ``decode``, is the same
+graph exported with T fixed at 1: with static shapes XNNPACK takes the reshapes too, so a layer is
+one or two delegate calls instead of nine; both methods read and write one KV cache
+(``share_mutable_buffers``) and share the weights. It is off by default: on the 2-core host it
+decoded no faster and it doubles the lowering time (docs/export.md).
+
+Export-friendly rewrites are applied to a copy of the model, never to the reference (measured on
+2 cores, they make decode 2.8x faster, see docs/export.md):
 
 * cache writes and attention through ExecuTorch's own ``llama::update_cache`` and
   ``llama::custom_sdpa`` kernels (GQA and causal masking from ``start_pos`` inside the kernel);
@@ -16,6 +22,7 @@ Constant methods (``get_max_seq_len``, ``get_vocab_size``, ``use_kv_cache``, ``g
     from edge.export.executorch import PteConfig, export_pte
     res = export_pte(model, "model.pte", PteConfig(quant="8da4w", max_seq=512))
     res.outside_delegate   # {'llama.custom_sdpa.default': 30, ...}: ops left on CPU kernels
+    res, hit = export_pte_cached(model, "model.pte", PteConfig())   # the stage cache's lowered program
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ class PteConfig:
     quant: str = "fp32"
     max_seq: int = 512
     group_size: int = 32
+    decode_method: bool = False  # also export ``decode``: forward with a static T=1 (see the module doc)
 
     def __post_init__(self) -> None:
         if self.quant not in PTE_QUANT:
@@ -69,12 +77,18 @@ class PteExport:
     outside_delegate: dict[str, int] = field(default_factory=dict)  # op -> count on CPU kernels
     quantized_linears: int = 0
     skipped_linears: tuple[str, ...] = ()  # Linear layers whose input width is not a group multiple
+    decode_delegated: int = 0  # the same two figures for the static T=1 ``decode`` method
+    decode_outside_delegate: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"path": self.path.name, "quant": self.config.quant, "max_seq": self.config.max_seq,
-                "group_size": self.config.group_size, "seconds": round(self.seconds, 1),
-                "delegated": self.delegated, "outside_delegate": dict(sorted(self.outside_delegate.items())),
-                "quantized_linears": self.quantized_linears, "skipped_linears": list(self.skipped_linears)}
+        out = {"path": self.path.name, "quant": self.config.quant, "max_seq": self.config.max_seq,
+               "group_size": self.config.group_size, "seconds": round(self.seconds, 1),
+               "delegated": self.delegated, "outside_delegate": dict(sorted(self.outside_delegate.items())),
+               "quantized_linears": self.quantized_linears, "skipped_linears": list(self.skipped_linears)}
+        if self.config.decode_method:
+            out |= {"decode_delegated": self.decode_delegated,
+                    "decode_outside_delegate": dict(sorted(self.decode_outside_delegate.items()))}
+        return out
 
 
 def load_custom_ops() -> None:
@@ -261,7 +275,8 @@ def export_pte(model: nn.Module, path: str | Path, cfg: PteConfig = PteConfig(),
                eos_ids: list[int] | tuple[int, ...] = ()) -> PteExport:
     """Export ``model`` (the reference Transformer) to a .pte lowered to XNNPACK, written atomically."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+    from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir.passes import MemoryPlanningPass
     from torch.export import Dim
 
     t0 = time.perf_counter()
@@ -272,23 +287,84 @@ def export_pte(model: nn.Module, path: str | Path, cfg: PteConfig = PteConfig(),
     n_q, skipped = 0, ()
     if cfg.quant != "fp32":
         n_q, skipped = quantize_8da(dec, PTE_QUANT[cfg.quant][1], cfg.group_size)
-    example = (torch.zeros(1, 2, dtype=torch.long), torch.tensor([0], dtype=torch.long))
+    start = torch.tensor([0], dtype=torch.long)
     seq = Dim("seq", min=1, max=cfg.max_seq)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ExecuTorch's own FutureWarnings and mutable-buffer notes
         try:
-            ep = torch.export.export(dec, example, dynamic_shapes=({1: seq}, None), strict=False)
+            methods = {"forward": torch.export.export(dec, (torch.zeros(1, 2, dtype=torch.long), start),
+                                                      dynamic_shapes=({1: seq}, None), strict=False)}
+            if cfg.decode_method:
+                methods["decode"] = torch.export.export(dec, (torch.zeros(1, 1, dtype=torch.long), start),
+                                                        strict=False)
         except Exception as e:
             raise EdgeError(f"torch.export could not trace the model for .pte: {str(e).splitlines()[0]}") from e
         edge = to_edge_transform_and_lower(
-            ep, partitioner=[XnnpackPartitioner()],
+            methods, partitioner=[XnnpackPartitioner()],
             compile_config=EdgeCompileConfig(_check_ir_validity=False),
             constant_methods=constant_methods(dec, bos_id, list(eos_ids)),
         )
-        delegated, outside = ops_outside_delegate(edge.exported_program().graph_module)
-        prog = edge.to_executorch()
+        delegated, outside = ops_outside_delegate(edge.exported_program("forward").graph_module)
+        d_delegated, d_outside = (ops_outside_delegate(edge.exported_program("decode").graph_module)
+                                  if cfg.decode_method else (0, {}))
+        # one KV cache for both methods: every method's mutable buffers planned at the same offsets
+        prog = edge.to_executorch(ExecutorchBackendConfig(
+            memory_planning_pass=MemoryPlanningPass(share_mutable_buffers=len(methods) > 1)))
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         prog.write_to_file(f)
     tmp.replace(path)
-    return PteExport(path, cfg, time.perf_counter() - t0, delegated, outside, n_q, skipped)
+    return PteExport(path, cfg, time.perf_counter() - t0, delegated, outside, n_q, skipped, d_delegated, d_outside)
+
+
+def exporter_key() -> dict:
+    """What the lowered program depends on besides model and config: this module's source and format."""
+    import hashlib
+
+    return {"pte_format": PTE_FORMAT_VERSION, "exporter_sha256": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
+
+
+def pte_cache_parts(model: nn.Module, cfg: PteConfig, bos_id: int | None = None,
+                    eos_ids: list[int] | tuple[int, ...] = (), model_sha256: str | None = None) -> dict:
+    """The stage-cache key parts of a lowered program: weights, spec, config, exporter, tool versions."""
+    from edge.build import model_hash
+    from edge.cache import tool_versions
+
+    return {"model": model_sha256 or model_hash(model), "spec": model.spec.to_dict(),
+            "config": {"quant": cfg.quant, "max_seq": cfg.max_seq, "group_size": cfg.group_size,
+                       "decode_method": cfg.decode_method},
+            "bos_id": bos_id, "eos_ids": list(eos_ids), "exporter": exporter_key(), "tools": tool_versions()}
+
+
+def export_pte_cached(model: nn.Module, path: str | Path | None, cfg: PteConfig = PteConfig(),
+                      bos_id: int | None = None, eos_ids: list[int] | tuple[int, ...] = (), cache=None,
+                      model_sha256: str | None = None) -> tuple[PteExport, bool]:
+    """``export_pte`` through the stage cache (``edge.cache``, stage ``export-pte``): lowering takes
+    minutes, so a program lowered before from the same weights, spec, config, exporter source and
+    tool versions is copied to ``path`` instead (``path`` None: the cache entry's own file is
+    returned). Returns (the export record, whether it was a cache hit); ``seconds`` is this call's."""
+    import shutil
+
+    from edge.cache import StageCache
+
+    t0 = time.perf_counter()
+    cache = cache if cache is not None else StageCache()
+    parts = pte_cache_parts(model, cfg, bos_id, eos_ids, model_sha256)
+
+    def lower(d: Path) -> dict:
+        return export_pte(model, d / "model.pte", cfg, bos_id, eos_ids).to_dict()
+
+    entry = cache.entry("export-pte", parts, lower)
+    src = entry.path / "model.pte"
+    if path is None:
+        path = src
+    else:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.copyfile(src, tmp)  # a copy: a package file edited in place leaves the cache entry whole
+        tmp.replace(path)
+    m = entry.meta
+    res = PteExport(path, cfg, time.perf_counter() - t0, m.get("delegated", 0), m.get("outside_delegate", {}),
+                    m.get("quantized_linears", 0), tuple(m.get("skipped_linears", ())),
+                    m.get("decode_delegated", 0), m.get("decode_outside_delegate", {}))
+    return res, entry.hit

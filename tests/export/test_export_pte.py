@@ -60,6 +60,20 @@ def test_fp32_ops_outside_delegate_are_the_cache_and_attention(fp32_pte):
     assert not any("linear" in k or "mm" in k or "rsqrt" in k for k in outside), outside
 
 
+def test_static_decode_method_shares_the_cache(tiny, tmp_path):
+    """decode_method=True: a second method with T fixed at 1 reads the cache forward's prefill wrote."""
+    from edge.export.executorch import PteConfig, export_pte
+    from edge.runtime.executorch import PteRunner
+
+    res = export_pte(tiny, tmp_path / "d.pte", PteConfig(quant="fp32", max_seq=32, decode_method=True))
+    assert 0 < res.decode_delegated < res.delegated  # static shapes: XNNPACK takes the reshapes too
+    r = PteRunner(res.path)
+    assert r.decode is not r.method
+    ref = reference_decode(tiny, TOKENS, 5)
+    got = np.concatenate([r.prefill(TOKENS[:5])] + [r.step(t, 5 + i)[None] for i, t in enumerate(TOKENS[5:])])
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
 def test_8da4w_matches_torchao_eager(tmp_path):
     from edge.export.executorch import PteConfig, export_copy, export_pte, quantize_8da
     from edge.runtime.executorch import PteRunner
