@@ -154,14 +154,20 @@ class W8A8Plan:
             macs[p] += self.macs[g] - f
             macs["float"] += f
             split += f
-        layer_macs = sum(self.macs.values())
+        # the online down rotations: float MatMuls by a (b, b) block over each down input
+        rot = sum(self.in_dims[g] * self.config.down_rotate for g in self.acts if g.endswith(".down"))
+        macs["float"] += rot
+        layer_macs = sum(self.macs.values()) + rot
         total = layer_macs + self.head_macs
-        return {"scheme": {"rotate": self.config.rotate, "alpha": self.config.alpha, "scales": self.config.scales,
-                           "act": self.config.act},
+        c = self.config
+        return {"scheme": {"rotate": c.rotate, "alpha": c.alpha, "scales": c.scales, "act": c.act,
+                           "weights": c.weights, "down_rotate": c.down_rotate, "split": c.split,
+                           "hybrid": c.hybrid, "hybrid_precision": c.hybrid_precision},
                 "groups": {k: len(v) for k, v in by.items()}, "int16": by["int16"], "float": by["float"],
                 "split_channels": {g: list(a.float_channels) for g, a in self.acts.items() if a.float_channels},
                 "macs_per_token": {"int8": macs["int8"], "int16": macs["int16"], "float_layers": macs["float"],
-                                   "float_split_channels": split, "float_lm_head": self.head_macs},
+                                   "float_split_channels": split, "float_down_rotation": rot,
+                                   "float_lm_head": self.head_macs},
                 "layer_macs_not_int8": round((macs["int16"] + macs["float"]) / layer_macs, 5),
                 "macs_not_int8": round((macs["int16"] + macs["float"] + self.head_macs) / total, 5)}
 
@@ -409,7 +415,7 @@ class _Range:
 def _mse_clip(rows: torch.Tensor, lo: float, hi: float, col_w: torch.Tensor, act: str) -> tuple[float, float]:
     """Clip ratio of [lo, hi] minimising sum_c ||W_:c||^2 (x_c - q(x_c))^2 over the sampled rows."""
     best, best_r = math.inf, 1.0
-    for r in np.linspace(1.0, 0.3, 29):
+    for r in np.linspace(1.0, 0.3, 15):
         aq = act_params(lo * r, hi * r, 8, act)
         err = ((aq.fake(rows) - rows) ** 2 * col_w).sum().item()
         if err < best:
@@ -418,11 +424,11 @@ def _mse_clip(rows: torch.Tensor, lo: float, hi: float, col_w: torch.Tensor, act
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, tokens: np.ndarray, cfg: W8A8Config) -> dict[str, ActQuant]:
+def calibrate(model: nn.Module, tokens: np.ndarray, cfg: W8A8Config, ranges_out: dict | None = None) -> dict[str, ActQuant]:
     """Static scales of every group's input on ``tokens`` (n, T), read from the model as given
-    (weights already int8, activations in float)."""
+    (weights already int8, activations in float). ``ranges_out`` receives each group's (min, max)."""
     lin = groups_of(model)
-    keep = 4096 if cfg.scales == "mse" else 0  # rows sampled per group for the clip search
+    keep = 2048 if cfg.scales == "mse" else 0  # rows sampled per group and call (/16) for the clip search
     ranges = {g: _Range(keep, cfg.seed + k) for k, g in enumerate(lin)}
 
     def record(g):
@@ -439,6 +445,8 @@ def calibrate(model: nn.Module, tokens: np.ndarray, cfg: W8A8Config) -> dict[str
             h.remove()
     keep_prec = dict(cfg.keep)
     acts = {}
+    if ranges_out is not None:
+        ranges_out.update({g: (r.lo, r.hi) for g, r in ranges.items()})
     for g, r in ranges.items():
         if not math.isfinite(r.lo) or not math.isfinite(r.hi):
             raise ConfigError(f"w8a8: the input of {g} holds NaN or Inf on the calibration data")
@@ -536,14 +544,15 @@ def prepare_w8a8(model: nn.Module, calib_tokens: np.ndarray, cfg: W8A8Config = W
 def plan_acts(m: nn.Module, tokens: np.ndarray, cfg: W8A8Config) -> W8A8Plan:
     """The activation side of ``cfg`` on a model ``prepare_w8a8`` already rewrote and quantized
     (same rotation, smoothing and weights): static scales, split channels, hybrid groups."""
-    acts = calibrate(m, tokens, cfg)
+    ranges: dict[str, tuple[float, float]] = {}
+    acts = calibrate(m, tokens, cfg, ranges)
     info = {}
     if cfg.hybrid:  # the groups whose int8 input hurts their outputs most: higher precision
         err = output_error(m, tokens, acts)
         worst = sorted(err, key=lambda g: -err[g])[: cfg.hybrid]
         info["int8_output_nsr"] = {g: round(v, 6) for g, v in sorted(err.items(), key=lambda kv: -kv[1])}
-        hyb = dataclasses.replace(cfg, hybrid=0, keep=tuple(cfg.keep) + tuple((g, cfg.hybrid_precision) for g in worst))
-        acts = calibrate(m, tokens, hyb)
+        for g in worst:
+            acts[g] = ActQuant(0) if cfg.hybrid_precision == "float" else act_params(*ranges[g], 16, "sym")
     head = m.lm_head.weight.numel()
     return W8A8Plan(cfg, acts, group_macs(m), {g: lins[0].weight.shape[1] for g, lins in groups_of(m).items()},
                     head, info)
@@ -563,7 +572,7 @@ def attach_fake_quant(model: nn.Module, plan: W8A8Plan) -> list:
 
 # The scheme `edge build` uses for w8a8 (measured on the built-in model: benchmarks/w8a8.py,
 # docs/export.md). hybrid_precision is set per target by for_unit.
-DEFAULT = W8A8Config(rotate=True, alpha=0.5, weights="gptq", hybrid=6)
+DEFAULT = W8A8Config(rotate=True, alpha=0.0, weights="gptq", down_rotate=128, scales="mse", hybrid=20)
 
 
 def for_unit(dtypes) -> W8A8Config:
