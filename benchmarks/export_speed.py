@@ -264,9 +264,8 @@ def main() -> None:
             print(f"{name}: {where} ({time.time() - t0:.0f} s)", flush=True)
         return
 
-    from executorch.extension.pybindings import portable_lib
-
-    portable_lib._unsafe_reset_threadpool(THREADS)  # ExecuTorch's pool: one thread per core by default
+    # ExecuTorch's threadpool is left at its default (one thread per core: 2 here); resetting it, or
+    # changing torch's thread count around the calls, made the .pte slower (docs/export.md)
     prompt = lm.tokenizer.encode(load_text("heldout").text)[: a.prompt]
     res = {"threads": THREADS, "prompt": len(prompt), "decode": a.decode, "reps": a.reps, "max_seq": MAX_SEQ,
            "load_before": round(os.getloadavg()[0], 1), "rows": []}

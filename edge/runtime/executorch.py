@@ -53,15 +53,9 @@ class PteRunner:
         import torch
 
         method = self.decode if len(tokens) == 1 else self.method
-        # ExecuTorch's CPU kernels outside the delegate (llama::custom_sdpa, ...) run on torch's OpenMP
-        # pool, whose threads then spin and take the cores from XNNPACK's own pool: with torch at 1
-        # thread during the call, fp32 decode went from 0.8x to 1.1x llama.cpp's (docs/export.md).
-        n = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            out = method.execute([torch.tensor([tokens], dtype=torch.long), torch.tensor([start], dtype=torch.long)])
-        finally:
-            torch.set_num_threads(n)
+        # leave torch's thread count alone here: changing it around the call halved the full model's
+        # decode on the 2-core host (docs/export.md, "Host decode speed")
+        out = method.execute([torch.tensor([tokens], dtype=torch.long), torch.tensor([start], dtype=torch.long)])
         return out[0][0].numpy()  # (T, vocab)
 
     def _check_len(self, n: int) -> None:
