@@ -95,10 +95,19 @@ def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_unwritable_format_and_moe_are_named(tmp_path):
-    from edge.errors import ConfigError
+    import dataclasses
 
-    with pytest.raises(ConfigError, match="recipe 'w4a16' cannot be written as onnx-qdq"):
-        build(tmp_path / "p", target="snapdragon-8gen2", recipe="w4a16")
+    from edge.errors import ConfigError
+    from edge.export.check import check
+    from edge.targets import load_target
+
+    # a runtime that lists a recipe none of the writers for its formats can write (every shipped
+    # profile's recipes are writable now): q4_0 through the HTP's QDQ ONNX
+    t = load_target("snapdragon-8gen2")
+    htp = dataclasses.replace(t.runtimes["qnn-htp"], recipes=("w4a16", "w8a8", "q4_0"))
+    t = dataclasses.replace(t, runtimes={**t.runtimes, "qnn-htp": htp})
+    with pytest.raises(ConfigError, match="recipe 'q4_0' cannot be written as onnx-qdq .*onnx-qdq takes: fp32, fp16"):
+        check(tiny_loaded().spec, t, "q4_0", "qnn-htp")
     from edge.build import BuildConfig, build_package
 
     with pytest.raises(ConfigError, match="op 'MoE MLP'"):
