@@ -5,7 +5,8 @@ scored by llama-cpp-python (f32 KV cache, 2 threads) on held-out text that is ne
 on: perplexity, mean KL divergence to the reference, top-1 agreement. Each of our quantizations
 runs in its own process, so its time and peak RSS are its own.
 
-    .venv/bin/python benchmarks/quant_gguf.py                 # ~20-40 min on a busy 2-core host
+    .venv/bin/python benchmarks/quant_gguf.py                 # ~30 CPU-minutes: 1-2 h on a busy 2-core host
+    .venv/bin/python benchmarks/quant_gguf.py --score-only    # score what a cut-short run left in --work
     .venv/bin/python benchmarks/quant_gguf.py --quick         # fewer calibration samples
 
 Writes benchmarks/results/quant_gguf.json and prints the table.
@@ -38,7 +39,7 @@ OURS = {
     "ours AWQ Q4_0": ("q4_0", "awq", {"awq": {"grid": 5}}),  # alpha step 0.2: AWQ was the slowest row
     "ours RTN Q8_0": ("q8_0", "rtn"),
     "ours mixed (Q4_0 size)": ("mixed", "gptq"),
-    "ours GPTQ Q4_0, half the layers": ("q4_0", "gptq", {"gptq": {"asym": False}}),
+    "ours GPTQ+asym Q4_0, half the layers": ("q4_0", "gptq", {"gptq": {"asym": True}}),
 }
 LLAMACPP = {"llama.cpp Q8_0": "Q8_0", "llama.cpp Q4_0": "Q4_0", "llama.cpp Q4_K_M": "Q4_K_M"}
 
@@ -107,6 +108,7 @@ def worker(args) -> None:
         export_gguf(lm.model, q, args.out, tokenizer_gguf=builtin_path(MODEL),
                     provenance={"calibration": dataset_hash(ccfg), "calib_spec": ccfg.to_spec(),
                                 "source": MODEL, "benchmark": "benchmarks/quant_gguf.py"})
+    args.out.with_suffix(".result.json").write_text(json.dumps(info))  # for --score-only
     print("RESULT " + json.dumps(info), flush=True)
 
 
@@ -164,6 +166,8 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--work", type=Path, default=Path("/tmp/edge_quant_bench"))
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--score-only", action="store_true",
+                    help="score the GGUFs and worker results already in --work (a run cut short), no quantization")
     ap.add_argument("--skip-w8a8", action="store_true",
                     help="keep the W8A8 line of the existing JSON (marked as carried over) instead of re-running it")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/quant_gguf.json")
@@ -248,22 +252,36 @@ def main() -> None:
         p = work / "ours_mixed.gguf"
         results[name] = {"path": p, **run_worker(name, p, args, ["--mixed-recipe", str(sens_path)])}
         results["_mixed"] = mixed
-        name = "ours GPTQ Q4_0, half the layers"
+        name = "ours GPTQ+asym Q4_0, half the layers"
         results[name] = {"path": None, **run_worker(name, work / "unused.gguf", args)}
 
     import threading
 
-    threads = [threading.Thread(target=fixed_chain), threading.Thread(target=mixed_chain)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    if args.score_only:
+        for k, (name, (preset, method, *_)) in enumerate(OURS.items()):
+            p = {"ours mixed (Q4_0 size)": work / "ours_mixed.gguf",
+                 "ours GPTQ+asym Q4_0, half the layers": work / "unused.gguf"}.get(
+                name, work / f"ours_{k}_{preset}_{method.replace('+', '_')}.gguf")
+            if p.with_suffix(".result.json").exists():
+                results[name] = {"path": p, **json.loads(p.with_suffix(".result.json").read_text())}
+            elif p.exists() and not name.endswith("half the layers"):  # written by a worker before results were saved
+                results[name] = {"path": p, "quant_s": float("nan"), "quant_cpu_s": float("nan"),
+                                 "note": "quantize time and peak RSS not recorded (the run was cut short)"}
+        if (work / "mixed_recipe.json").exists():
+            results["_mixed"] = json.loads((work / "mixed_recipe.json").read_text())
+    else:
+        threads = [threading.Thread(target=fixed_chain), threading.Thread(target=mixed_chain)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     missing = [n for n in OURS if n not in results]
-    if missing:
+    if missing and not args.score_only:
         raise SystemExit(f"quantization failed for {', '.join(missing)} (see the messages above)")
-    mixed = results.pop("_mixed")
+    mixed = results.pop("_mixed", {"seconds": 0, "cpu_seconds": 0, "recipe": None, "estimate": None,
+                                   "sensitivity": None})
     for name in OURS:
-        if name.endswith("half the layers"):
+        if name.endswith("half the layers") or name in missing:
             continue
         info = {k: v for k, v in results[name].items() if k != "path"}
         quant_s = info["quant_s"]
@@ -272,9 +290,9 @@ def main() -> None:
             quant_s += mixed["seconds"]
         score(name, "edge", results[name]["path"], quant_s, info)
 
-    half = results["ours GPTQ Q4_0, half the layers"]
-    full = next(r for r in rows if r["variant"] == "ours GPTQ Q4_0")
-    scaling = {"full_layers": full["n_layers"], "full_s": full["quant_s"], "full_cpu_s": full["quant_cpu_s"],
+    half = results.get("ours GPTQ+asym Q4_0, half the layers")
+    full = next((r for r in rows if r["variant"] == "ours GPTQ+asym Q4_0"), None)
+    scaling = {"not_measured": "the run was cut short"} if half is None or full is None else {"full_layers": full["n_layers"], "full_s": full["quant_s"], "full_cpu_s": full["quant_cpu_s"],
                "full_peak_rss_mb": full["peak_rss_mb"],
                "half_layers": half["n_layers"], "half_s": half["quant_s"], "half_cpu_s": half["quant_cpu_s"],
                "half_peak_rss_mb": half["peak_rss_mb"], "time_ratio": full["quant_s"] / half["quant_s"],
@@ -286,16 +304,17 @@ def main() -> None:
 
     print()
     print_table(rows)
-    print(f"\nlinear time: GPTQ Q4_0 {scaling['full_layers']} layers {scaling['full_s']:.1f} s wall, "
-          f"{scaling['full_cpu_s']:.1f} s CPU (peak RSS {scaling['full_peak_rss_mb']:.0f} MB), "
-          f"{scaling['half_layers']} layers {scaling['half_s']:.1f} s wall, {scaling['half_cpu_s']:.1f} s CPU "
-          f"(peak RSS {scaling['half_peak_rss_mb']:.0f} MB): ratio {scaling['time_ratio']:.2f} wall, "
-          f"{scaling['cpu_time_ratio']:.2f} CPU")
+    if "not_measured" not in scaling:
+        print(f"\nlinear time: GPTQ+asym Q4_0 {scaling['full_layers']} layers {scaling['full_s']:.1f} s wall, "
+              f"{scaling['full_cpu_s']:.1f} s CPU (peak RSS {scaling['full_peak_rss_mb']:.0f} MB), "
+              f"{scaling['half_layers']} layers {scaling['half_s']:.1f} s wall, {scaling['half_cpu_s']:.1f} s CPU "
+              f"(peak RSS {scaling['half_peak_rss_mb']:.0f} MB): ratio {scaling['time_ratio']:.2f} wall, "
+              f"{scaling['cpu_time_ratio']:.2f} CPU")
     if "ppl" in w8a8:
         print(f"W8A8 (torch fake-quant, SmoothQuant 0.5, static per-tensor int8 activations): ppl {w8a8['ppl']:.3f} "
               f"vs F32 {w8a8['ref_ppl']:.3f} ({w8a8['ppl_change']:+.2%}), quantized in {w8a8['quant_s']:.1f} s"
               + (" (carried over)" if "carried_over" in w8a8 else ""))
-    out = {"model": MODEL, "calibration": CALIB, "n_samples": args.n_samples, "seq_len": args.seq_len,
+    out = {"model": MODEL, "calibration": CALIB, "not_measured": missing, "n_samples": args.n_samples, "seq_len": args.seq_len,
            "eval": {"text": "heldout", "tokens": len(toks), "window": args.window, "runtime": "llama-cpp-python",
                     "kv_type": "f32", "threads": 2},
            "rows": rows, "scaling": scaling, "w8a8": w8a8,
