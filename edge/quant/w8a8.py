@@ -60,6 +60,7 @@ class W8A8Config:
     hybrid: int = 0  # this many more groups, those with the largest int8 output error, kept at hybrid_precision
     hybrid_precision: str = "int16"  # "int16" (the unit runs 16-bit activations) or "float" (CPU)
     down_rotate: int = 0  # online block-Hadamard rotation of the down inputs, block size (0: off)
+    keep_down: bool = False  # every down_proj input at hybrid_precision (silu(gate)*up: heavy-tailed everywhere)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -547,12 +548,20 @@ def plan_acts(m: nn.Module, tokens: np.ndarray, cfg: W8A8Config) -> W8A8Plan:
     ranges: dict[str, tuple[float, float]] = {}
     acts = calibrate(m, tokens, cfg, ranges)
     info = {}
+
+    def keep(g):
+        acts[g] = ActQuant(0) if cfg.hybrid_precision == "float" else act_params(*ranges[g], 16, "sym")
+
+    if cfg.keep_down:
+        for g in acts:
+            if g.endswith(".down") and acts[g].bits == 8:
+                keep(g)
     if cfg.hybrid:  # the groups whose int8 input hurts their outputs most: higher precision
         err = output_error(m, tokens, acts)
         worst = sorted(err, key=lambda g: -err[g])[: cfg.hybrid]
         info["int8_output_nsr"] = {g: round(v, 6) for g, v in sorted(err.items(), key=lambda kv: -kv[1])}
         for g in worst:
-            acts[g] = ActQuant(0) if cfg.hybrid_precision == "float" else act_params(*ranges[g], 16, "sym")
+            keep(g)
     head = m.lm_head.weight.numel()
     return W8A8Plan(cfg, acts, group_macs(m), {g: lins[0].weight.shape[1] for g, lins in groups_of(m).items()},
                     head, info)
@@ -572,7 +581,7 @@ def attach_fake_quant(model: nn.Module, plan: W8A8Plan) -> list:
 
 # The scheme `edge build` uses for w8a8 (measured on the built-in model: benchmarks/w8a8.py,
 # docs/export.md). hybrid_precision is set per target by for_unit.
-DEFAULT = W8A8Config(rotate=True, alpha=0.0, weights="gptq", down_rotate=128, scales="mse", hybrid=20)
+DEFAULT = W8A8Config(rotate=True, alpha=0.0, weights="gptq", scales="mse", keep_down=True, hybrid=6)
 
 
 def for_unit(dtypes) -> W8A8Config:

@@ -171,6 +171,17 @@ def test_online_down_rotation(tiny, tmp_path):
     assert ops["MatMul"] == 28 + 2 and ops["QuantizeLinear"] == 8
 
 
+def test_keep_down_and_the_build_default():
+    """keep_down keeps every down input above int8; the build's scheme picks int16 where the unit
+    lists it and float otherwise."""
+    from edge.quant.w8a8 import W8A8Config, for_unit, prepare_w8a8
+
+    _, plan = prepare_w8a8(tiny_model(), CALIB, W8A8Config(keep_down=True, hybrid_precision="float", hybrid=1))
+    s = plan.summary()
+    assert s["groups"] == {"int8": 5, "int16": 0, "float": 3} and {"layers.0.down", "layers.1.down"} <= set(s["float"])
+    assert for_unit(("int8", "int16")).hybrid_precision == "int16" and for_unit(("int8",)).hybrid_precision == "float"
+
+
 def test_bad_w8a8_settings(tiny, tmp_path):
     from edge.errors import ConfigError
     from edge.export.onnx import OnnxConfig, export_onnx
