@@ -241,8 +241,8 @@ def efficiency_yaml(rows: list[dict], source: str) -> str:
     return "".join(out)
 
 
-def _kept_rows(old_text: str, drop: set[str], bw_ratio: float) -> str:
-    """The efficiency rows of runtimes in ``drop`` removed, verbatim otherwise; their bandwidth
+def _kept_rows(old_text: str, drop: set[tuple[str, str]], bw_ratio: float) -> str:
+    """The efficiency rows whose (runtime, recipes) are in ``drop`` removed, the others verbatim; their bandwidth
     fractions rescaled by ``bw_ratio`` (old measured bandwidth / new), so the bytes/s they encode stay."""
     import re
 
@@ -250,8 +250,8 @@ def _kept_rows(old_text: str, drop: set[str], bw_ratio: float) -> str:
     blocks = re.split(r"(?m)^(?=  - runtime: )", body)
     out = []
     for b in blocks:
-        m = re.match(r"  - runtime: (\S+)", b)
-        if not m or m.group(1) in drop:
+        m = re.match(r"  - runtime: (\S+)\n    recipes: (\[[^\]]*\])", b)
+        if not m or (m.group(1), m.group(2)) in drop:
             continue
         out.append(re.sub(r"(decode_bandwidth: )([0-9.]+)",
                           lambda x: f"{x.group(1)}{min(float(x.group(2)) * bw_ratio, 1):.3f}", b))
@@ -260,7 +260,7 @@ def _kept_rows(old_text: str, drop: set[str], bw_ratio: float) -> str:
 
 def apply(fit_json: str, probe_json: str, profile: str) -> None:
     """Rewrite the host profile: the probe's figures, then efficiency rows fitted to the --fit run;
-    rows of runtimes the run did not measure are kept (bandwidth fractions rescaled to the new probe)."""
+    rows of the cases the run did not measure are kept (bandwidth fractions rescaled to the new probe)."""
     from edge.probe import profile_yaml
     from edge.targets import load_target
 
@@ -269,7 +269,8 @@ def apply(fit_json: str, probe_json: str, profile: str) -> None:
     name = Path(profile).stem
     old = Path(profile).read_text()
     old_bw = load_target(name).memory.measured_bandwidth
-    kept = _kept_rows(old, {CASES[r["format"]][0] for r in f["measured"]}, old_bw / m["bandwidth"])
+    kept = _kept_rows(old, {(CASES[r["format"]][0], CASES[r["format"]][3]) for r in f["measured"]},
+                      old_bw / m["bandwidth"])
     Path(profile).write_text(profile_yaml(m, name=name))  # the probe's figures first: the fit reads them
     rows = fit(f["measured"], name)
     src = f["meta"].get("source") or f"llama-cpp-python, 2 threads, {f['meta']['date']}"
