@@ -127,8 +127,13 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
             from edge.export.onnx import OnnxConfig, export_onnx, rope_tables
 
             rt = tp.runtimes[plan.runtime]
+            w8 = None
+            if plan.option == "qdq-w8a8":  # activations kept above int8 get int16 where the unit has it, else float
+                from edge.quant.w8a8 import for_unit
+
+                w8 = for_unit(tp.units[rt.unit].dtypes)
             ocfg = OnnxConfig(dtype=plan.option, max_seq=cfg.max_seq, format=plan.variant,
-                              max_graph_bytes=rt.max_graph_bytes)
+                              max_graph_bytes=rt.max_graph_bytes, w8a8=w8)
             res = export_onnx(lm.model, w.dir, ocfg, calib_tokens=calib)
             cos, sin = rope_tables(lm.model, cfg.max_seq)
             np.save(w.dir / "rope.npy", np.stack([cos, sin]))  # (2, S, head_dim): cos, sin
@@ -155,7 +160,7 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
         acc = compare(ref.logits, runner.logits, heldout, window=cfg.eval_window).to_dict()
         del runner
         art["accuracy"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in acc.items()}
-        sim = simulated(lm.spec, tp, recipe, plan.runtime, kv_cache)
+        sim = simulated(lm.spec, tp, recipe, plan.runtime, kv_cache, cpu_linear_fraction(art))
         fields = {
             "target": tp.name, "recipe": recipe, "runtime": plan.runtime,
             "model": {"name": lm.spec.name or lm.source.name, "source": lm.source.kind, "sha256": model_hash(lm.model),
@@ -175,7 +180,14 @@ MIN_RUNTIME = {"executorch": "executorch>=1.5.1", "onnxruntime": "onnxruntime>=1
                "llama.cpp": "llama-cpp-python>=0.3.36"}
 
 
-def simulated(spec, tp, recipe: str, runtime: str, kv_cache: str = "") -> dict:
+def cpu_linear_fraction(art: dict) -> float:
+    """The decoder's linear MACs a hybrid W8A8 artifact keeps in float (run on the CPU by an int8 NPU)."""
+    macs = ((art.get("export") or {}).get("precision") or {}).get("macs_per_token") or {}
+    total = sum(macs.get(k, 0) for k in ("int8", "int16", "float_layers"))
+    return macs.get("float_layers", 0) / total if total else 0.0
+
+
+def simulated(spec, tp, recipe: str, runtime: str, kv_cache: str = "", cpu_fraction: float = 0.0) -> dict:
     """The simulator's prediction and budget verdicts, or why there is none."""
     import dataclasses
 
@@ -185,6 +197,8 @@ def simulated(spec, tp, recipe: str, runtime: str, kv_cache: str = "") -> dict:
         cost = load_recipe(recipe)
         if kv_cache:
             cost = dataclasses.replace(cost, kv_cache={"f32": "fp32", "f16": "fp16"}.get(kv_cache, kv_cache))
+        if cpu_fraction:
+            cost = dataclasses.replace(cost, cpu_linear_fraction=cpu_fraction)
         r = simulate(spec, cost, tp, runtime=runtime)
     except ConfigError as e:
         return {"available": False, "reason": str(e)}

@@ -112,6 +112,9 @@ class Recipe:
     note: str = ""
     nm_sparsity: str = ""  # "2:4": N:M semi-structured; edge.sim.sparsity counts it where the unit runs it
     base: str = ""  # the preset a recipe file started from; runtimes are matched on it
+    # hybrid quantization: the fraction of the decoder's linear MACs an accelerator leaves to the CPU
+    # in float (nodes its toolchain does not quantize, e.g. W8A8 groups kept in float on an int8 NPU)
+    cpu_linear_fraction: float = 0.0
 
     @property
     def preset(self) -> str:
@@ -128,6 +131,8 @@ class Recipe:
         missing = [c for c in TENSOR_CLASSES if c not in self.weights]
         if missing:
             raise ConfigError(f"recipe {self.name}: no storage type for {', '.join(missing)}")
+        if not 0.0 <= self.cpu_linear_fraction <= 1.0:
+            raise ConfigError(f"recipe {self.name}: cpu_linear_fraction {self.cpu_linear_fraction} is not in [0, 1]")
         for what, dt in (("activations", self.activations), ("kv_cache", self.kv_cache)):
             if dt not in DTYPE_BYTES:
                 raise ConfigError(f"recipe {self.name}: {what} '{dt}' is not a data type{_hint(dt, DTYPE_BYTES)}; "

@@ -171,6 +171,12 @@ class _Machine:
         # matmul-like parts moved to the CPU leave the unit; elementwise ones are counted apart
         moved = sum(c.cpu_flops[o] for o in self.cpu_ops if o in ("attention", "lm_head", "moe_router"))
         moved_bytes = sum(c.cpu_bytes[o] for o in self.cpu_ops if o in ("attention", "lm_head"))
+        hyb = self.recipe.cpu_linear_fraction if self.off_cpu else 0.0
+        if hyb:  # decoder linears the accelerator leaves to the CPU, in float, with their weights
+            lin = c.flops - c.cpu_flops["attention"] - c.cpu_flops["lm_head"] - c.cpu_flops["moe_router"]
+            lin_bytes = c.weight_bytes - c.cpu_bytes["lm_head"]
+            moved, moved_bytes = moved + hyb * lin, moved_bytes + hyb * lin_bytes
+            cpu_flops, cpu_bytes = cpu_flops + hyb * lin, cpu_bytes + hyb * lin_bytes
         frac = e.prefill_compute if stage == "prefill" else e.decode_compute
         att_frac = e.prefill_attention_compute if stage == "prefill" else e.attention_compute
         att = 0.0 if "attention" in self.cpu_ops or att_frac < 0 else c.cpu_flops["attention"]
@@ -182,7 +188,10 @@ class _Machine:
         }
         if att:  # in float, after the matmuls (not overlapped with the weight stream)
             t["attention"] = att / (self.float_peak * att_frac)
-        if self.cpu_ops:
+        if self.cpu_ops or hyb:
+            if e.fallback_compute <= 0:
+                raise ConfigError(f"target {self.target.name}: runtime '{e.runtime}' leaves work to the CPU; its "
+                                  "efficiency row needs 'fallback_compute' (fraction of the CPU's fp32 peak)")
             cpu_peak = self.cpu.peak.get("fp32") or max(self.cpu.peak.values())
             t["cpu_fallback"] = max(cpu_flops / (cpu_peak * e.fallback_compute),
                                     cpu_bytes / (self.bandwidth * e.decode_bandwidth))

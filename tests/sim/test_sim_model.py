@@ -188,3 +188,19 @@ def test_attention_rate_is_apart_from_the_matmuls(tmp_path):
     # the slow attention costs more the longer the context; without the row it hides under the stream
     assert (base_s.decode_tok_s / s.decode_tok_s) < (base_l.decode_tok_s / ll.decode_tok_s)
 
+
+
+def test_hybrid_float_linears_load_the_cpu_of_an_npu_target():
+    """W8A8 groups an int8 NPU cannot take run in float on the CPU: CPU load and time grow with them."""
+    base = load_recipe("w8a8")
+    r0 = simulate(SMOL, base, "horizon-j5", workload=WL, budgets=[])
+    r1 = simulate(SMOL, dataclasses.replace(base, cpu_linear_fraction=0.27), "horizon-j5", workload=WL, budgets=[])
+    assert r1.cpu_load > r0.cpu_load and r1.decode_tok_s < r0.decode_tok_s
+    assert r1.decode.times["cpu_fallback"] > r0.decode.times["cpu_fallback"]
+    # on a CPU runtime there is nothing to leave: same figures
+    c0 = simulate(SMOL, "q8_0", "horizon-j5", workload=WL, budgets=[])
+    c1 = simulate(SMOL, dataclasses.replace(load_recipe("q8_0"), cpu_linear_fraction=0.27), "horizon-j5",
+                  workload=WL, budgets=[])
+    assert c1.decode_tok_s == pytest.approx(c0.decode_tok_s)
+    with pytest.raises(ConfigError, match="cpu_linear_fraction 1.5 is not in"):
+        dataclasses.replace(base, cpu_linear_fraction=1.5)
