@@ -18,6 +18,8 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 from edge.errors import EdgeError
@@ -50,6 +52,20 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class PackageWriter:
     """Assembles a package in ``<out>/../.<name>.tmp-<pid>``; ``finish`` renames it to ``out``.
 
@@ -65,12 +81,22 @@ class PackageWriter:
 
     def __enter__(self) -> PackageWriter:
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.out.parent.glob(f".{self.out.name}.tmp-*"):  # left by a build killed with SIGKILL
+            pid = stale.name.rsplit("-", 1)[-1]
+            if stale.is_dir() and pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True)
         if self.dir.exists():
             shutil.rmtree(self.dir)
         self.dir.mkdir()
+        # a build stopped with SIGTERM (CI timeouts, kill) unwinds like Ctrl-C: the temporary directory goes
+        self._old_term = None
+        if threading.current_thread() is threading.main_thread():
+            self._old_term = signal.signal(signal.SIGTERM, _terminate)
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._old_term is not None:
+            signal.signal(signal.SIGTERM, self._old_term)
         if not self.finished:
             shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -114,3 +114,32 @@ def test_unwritable_format_and_moe_are_named(tmp_path):
         build_package(tiny_loaded(n_experts=4, n_experts_per_tok=2, moe_ffn_dim=32), "horizon-j5", None,
                       tmp_path / "moe", cfg=BuildConfig(**CFG), progress=lambda s: None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_mid_build_leaves_nothing_and_stale_dirs_are_swept(tmp_path):
+    """A build stopped with SIGTERM unwinds (no temporary directory left); one killed with SIGKILL
+    leaves its directory, which the next build into the same place removes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys, time\nfrom edge.package import PackageWriter\n"
+            "with PackageWriter(sys.argv[1]) as w:\n"
+            "    (w.dir / 'model.onnx').write_bytes(b'x' * 1000)\n    print('ready', flush=True)\n    time.sleep(60)\n")
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "pkg")], stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "ready"
+        os.kill(p.pid, sig)
+        p.wait(timeout=30)
+        left = list(tmp_path.iterdir())
+        if sig == signal.SIGTERM:
+            assert p.returncode == 128 + signal.SIGTERM and left == []
+        else:
+            assert [d.name for d in left] == [f".pkg.tmp-{p.pid}"]
+    time.sleep(0.1)
+    from edge.package import PackageWriter
+
+    with PackageWriter(tmp_path / "pkg"):
+        assert [d.name for d in tmp_path.iterdir()] == [f".pkg.tmp-{os.getpid()}"]  # the stale one is gone
