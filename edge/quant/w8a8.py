@@ -302,24 +302,28 @@ def rotate_model(model: nn.Module, seed: int = 0) -> None:
 
 
 @torch.no_grad()
-def input_absmax(model: nn.Module, tokens: np.ndarray, groups: list[str]) -> dict[str, torch.Tensor]:
-    """Per-channel max |x| of each group's input over ``tokens`` (n, T) (float forward)."""
+def run_with_inputs(model: nn.Module, tokens: np.ndarray, groups, see) -> None:
+    """Run the rows of ``tokens`` (n, T) through ``model``, calling ``see(group, x)`` with each listed
+    group's input (its first linear's)."""
     lin = groups_of(model)
-    out: dict[str, torch.Tensor] = {}
-
-    def record(g):
-        def hook(module, args):
-            am = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0).float()
-            out[g] = am if g not in out else torch.maximum(out[g], am)
-        return hook
-
-    hooks = [lin[g][0].register_forward_pre_hook(record(g)) for g in groups]
+    hooks = [lin[g][0].register_forward_pre_hook(lambda module, args, g=g: see(g, args[0])) for g in groups]
     try:
         for row in np.asarray(tokens):
             model(torch.as_tensor(row[None], dtype=torch.long))
     finally:
         for h in hooks:
             h.remove()
+
+
+def input_absmax(model: nn.Module, tokens: np.ndarray, groups: list[str]) -> dict[str, torch.Tensor]:
+    """Per-channel max |x| of each group's input over ``tokens`` (n, T) (float forward)."""
+    out: dict[str, torch.Tensor] = {}
+
+    def record(g, x):
+        am = x.detach().abs().reshape(-1, x.shape[-1]).amax(0).float()
+        out[g] = am if g not in out else torch.maximum(out[g], am)
+
+    run_with_inputs(model, tokens, groups, record)
     return out
 
 
@@ -432,18 +436,7 @@ def calibrate(model: nn.Module, tokens: np.ndarray, cfg: W8A8Config, ranges_out:
     keep = 2048 if cfg.scales == "mse" else 0  # rows sampled per group and call (/16) for the clip search
     ranges = {g: _Range(keep, cfg.seed + k) for k, g in enumerate(lin)}
 
-    def record(g):
-        def hook(module, args):
-            ranges[g].add(args[0])
-        return hook
-
-    hooks = [lin[g][0].register_forward_pre_hook(record(g)) for g in lin]
-    try:
-        for row in np.asarray(tokens):
-            model(torch.as_tensor(row[None], dtype=torch.long))
-    finally:
-        for h in hooks:
-            h.remove()
+    run_with_inputs(model, tokens, list(lin), lambda g, x: ranges[g].add(x))
     keep_prec = dict(cfg.keep)
     acts = {}
     if ranges_out is not None:
@@ -484,23 +477,15 @@ def output_error(model: nn.Module, tokens: np.ndarray, acts: dict[str, ActQuant]
     num = dict.fromkeys(acts, 0.0)
     den = dict.fromkeys(acts, 0.0)
 
-    def record(g):
-        def hook(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            dx = acts[g].fake(x) - x
-            for m in lin[g]:
-                w = m.weight.float()
-                num[g] += float(((dx @ w.T) ** 2).sum())
-                den[g] += float(((x @ w.T) ** 2).sum())
-        return hook
+    def record(g, x):
+        x = x.detach().reshape(-1, x.shape[-1]).float()
+        dx = acts[g].fake(x) - x
+        for m in lin[g]:
+            w = m.weight.float()
+            num[g] += float(((dx @ w.T) ** 2).sum())
+            den[g] += float(((x @ w.T) ** 2).sum())
 
-    hooks = [lin[g][0].register_forward_pre_hook(record(g)) for g in acts if acts[g].bits]
-    try:
-        for row in np.asarray(tokens):
-            model(torch.as_tensor(row[None], dtype=torch.long))
-    finally:
-        for h in hooks:
-            h.remove()
+    run_with_inputs(model, tokens, [g for g in acts if acts[g].bits], record)
     return {g: num[g] / max(den[g], 1e-30) for g in acts if acts[g].bits}
 
 
