@@ -204,3 +204,9 @@ def test_hybrid_float_linears_load_the_cpu_of_an_npu_target():
     assert c1.decode_tok_s == pytest.approx(c0.decode_tok_s)
     with pytest.raises(ConfigError, match="cpu_linear_fraction 1.5 is not in"):
         dataclasses.replace(base, cpu_linear_fraction=1.5)
+
+
+def test_bad_attention_rate_names_file_and_key(tmp_path):
+    for bad in (0, 1.5, "fast"):
+        with pytest.raises(ConfigError, match=r"edited-\d+\.yaml.*efficiency\[0\]\.attention_compute"):
+            load_target(_with_row(tmp_path, "apple-m2", attention_compute=bad))
