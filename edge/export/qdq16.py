@@ -55,6 +55,8 @@ SESSION_CONFIG = {"session.qdq_matmulnbits_accuracy_level": "0"}  # ORT CPU: Mat
 # (fp16 on the HTP).
 ACTIVATIONS = "linears"
 PROTOBUF_LIMIT = 2e9  # one .onnx with its weights inline
+# the activation ranges are gathered one recorded feed (one T-token call) at a time and merged
+CALIB_STRIDE = 1
 
 
 # Tensor classes whose weights stay at 8 bits (int8 per output channel) in edge's w4a16; the rest are
@@ -280,8 +282,17 @@ def export_w4a16(model: nn.Module, out_dir: str | Path, cfg, stem: str = "model"
     del runner
 
     class Feeds(CalibrationDataReader):
+        """The recorded feeds, served in the ranges ORT's strided MinMax asks for (``set_range``)."""
+
         def __init__(self, feeds):
-            self.it = iter(feeds)
+            self.feeds = feeds
+            self.set_range(0, len(feeds))
+
+        def __len__(self):
+            return len(self.feeds)
+
+        def set_range(self, start_index, end_index):
+            self.it = iter(self.feeds[start_index:end_index])
 
         def get_next(self):
             return next(self.it, None)
@@ -301,13 +312,12 @@ def export_w4a16(model: nn.Module, out_dir: str | Path, cfg, stem: str = "model"
                 only = {"op_types_to_quantize": ["MatMul"], "nodes_to_exclude": others}
             qcfg = get_qnn_qdq_config(str(path), Feeds(feeds), activation_type=QuantType.QUInt16,
                                       weight_type=QuantType.QInt16, per_channel=False, **only)
-            # ranges are folded in every few prefills: keeping every intermediate of every feed (the
-            # calibrator's default) is ~0.5 GB per prefill on the built-in model
-            # (ORT 1.32 raises "No data is collected" when the count divides the number of feeds)
-            k = 4
-            while len(feeds) % k == 0:
-                k += 1
-            qcfg.extra_options["CalibMaxIntermediateOutputs"] = k
+            # MinMax over every feed: CALIB_STRIDE feeds per collect_data call, each call's ranges merged
+            # into the running min/max (ORT's CalibStridedMinMax). Not CalibMaxIntermediateOutputs: ORT's
+            # MinMaxCalibrater (1.32; microsoft/onnxruntime#18893) clears its buffer unmerged each time it
+            # fills, so only the last len(feeds) % k feeds set the scales: on the built-in model the last
+            # 3 of 128, without the first token's outliers (top-1 0.274; docs/export.md)
+            qcfg.extra_options["CalibStridedMinMax"] = CALIB_STRIDE
             quantize(str(path), str(tmp), qcfg)
         for k, v in _replace_weights(tmp, mm, q).items():
             counts[k] = counts.get(k, 0) + v
