@@ -67,7 +67,7 @@ def test_activation_ranges_cover_every_calibration_prefill(exported, tmp_path):
     holds what its tensor takes on every one of them (run in float: the same graph with the activation
     Q/DQ pairs made Identity, weights still dequantized). ORT's CalibMaxIntermediateOutputs dropped the
     buffered feeds unmerged, so only the last few set the scales: on the built-in model they missed the
-    first token's outliers (ORT CPU top-1 0.274 against 0.92 with every feed; docs/export.md)."""
+    first token's outliers (ORT CPU top-1 0.274; 0.891 with every prefill; docs/export.md)."""
     from onnx import numpy_helper
 
     from edge.runtime.onnxruntime import OnnxRunner
