@@ -183,33 +183,51 @@ def prune_cmd(model, out, recipe, ratio, params, kind, ffn_dim, n_heads, n_kv_he
 # ---- quantize (issue 4) -------------------------------------------------------------------------
 @main.command("quantize")
 @click.option("--model", "model", default="smollm2-135m", show_default=True, help="Built-in name or path.")
-@click.option("--recipe", required=True, help="Preset (q8_0, q4_0, q4_k_m, w4a16, w8a8, 8da4w) or a recipe file.")
+@click.option("--recipe", required=True,
+              help="Preset (q8_0, q4_0, q4_k_m, w4a16, w8a8, 8da4w) or a recipe file. w8a8 is edge build's static "
+                   "W8A8 scheme (rotation, GPTQ int8 weights, static activation scales, some groups at int16/float); "
+                   "with --method rtn/awq or a recipe file setting smoothquant: the older SmoothQuant path.")
 @click.option("--method", default=None, help="Override the algorithm: rtn, gptq, awq, awq+gptq.")
 @click.option("--calib", default="assistant:3,general:7", show_default=True, help="Calibration mix NAME[:WEIGHT],...")
 @click.option("--n-samples", default=32, show_default=True)
 @click.option("--seq-len", default=512, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (new or empty).")
-@click.option("--target", default=None, help="Check first that this target can run the recipe.")
+@click.option("--target", default=None, help="Check first that this target can run the recipe (w8a8: groups kept "
+              "above int8 run at int16 where its unit has int16, else in float; default int16).")
 @click.option("--runtime", default=None, help="With --target: the runtime that will run it (default: the profile's).")
 @click.option("--json", "as_json", is_flag=True)
 @friendly
 def quantize_cmd(model, recipe, method, calib, n_samples, seq_len, seed, out, target, runtime, as_json) -> None:
-    """Quantize MODEL with RECIPE on calibration data; write model.gguf (or tensors.npz) and a report."""
+    """Quantize MODEL with RECIPE on calibration data; write model.gguf (or tensors.npz + act_scales.json)
+    and a report."""
     from edge.quant.pipeline import quantize_to_dir
 
+    w8 = None
     if target:
         from edge.export.check import check_recipe
+        from edge.quant.configs import load_recipe
+        from edge.quant.pipeline import uses_w8a8_scheme
         from edge.targets import load_target
 
-        check_recipe(load_target(target), recipe, runtime)
+        t = load_target(target)
+        rt = check_recipe(t, recipe, runtime)
+        if uses_w8a8_scheme(load_recipe(recipe, method=method)):
+            from edge.quant.w8a8 import for_unit
+
+            w8 = for_unit(t.units[t.runtimes[rt].unit].dtypes)
 
     rep = quantize_to_dir(model, recipe, out, calib=calib, n_samples=n_samples, seq_len=seq_len, seed=seed,
-                          method=method)
+                          method=method, w8a8=w8)
     if as_json:
         return echo_json(rep)
     click.echo(f"{rep['recipe']} ({rep['method']}): {rep['weight_bytes'] / 1e6:.1f} MB of weights in "
                f"{rep['seconds']:.1f} s -> {rep['artifact']}")
+    if "precision" in rep:
+        p = rep["precision"]
+        click.echo(f"  edge.quant.w8a8 groups: {p['groups']['int8']} int8, {p['groups']['int16']} int16, "
+                   f"{p['groups']['float']} float; {p['macs_not_int8']:.1%} of the MACs per token not int8 "
+                   f"({p['layer_macs_not_int8']:.1%} of the decoder's)")
 
 
 @main.group("quant")

@@ -325,7 +325,10 @@ class QualityOracle:
         t0 = time.perf_counter()
         model = copy.deepcopy(self._pruned_model(ratio))
         if quant not in ("fp32",):
-            quantize(model, load_quant_recipe(quant, method="rtn"), torch.as_tensor(self.calib[:4]))
+            rec = load_quant_recipe(quant, method="rtn")
+            if quant == "w8a8":  # the cheap proxy as before: the quantize stage's RTN path, SmoothQuant 0.5
+                rec = dataclasses.replace(rec, smoothquant=0.5)
+            quantize(model, rec, torch.as_tensor(self.calib[:4]))
         run = TorchRunner(model)
         klds, agree, n = [], 0, 0
         for i, ref in zip(range(0, len(self.tokens) - 1, self.window), self.ref):

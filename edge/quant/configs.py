@@ -248,9 +248,13 @@ PRESETS: dict[str, QuantRecipe] = {r.name: r for r in (
                 "k-quant packing itself is not implemented, ffn_down is q5_0 instead of q4_k/q6_k"),
     QuantRecipe("w4a16", _all("int4_g64", output="int8"), method="gptq", sim_preset="w4a16",
                 note="int4 per group of 64 weights, 16-bit activations (NPU style)"),
-    QuantRecipe("w8a8", _all("int8", output="int8"), method="rtn", activations="int8_static", kv_cache="int8",
-                smoothquant=0.5, sim_preset="w8a8",
-                note="int8 per-channel weights, static per-tensor int8 activations after SmoothQuant (alpha 0.5)"),
+    QuantRecipe("w8a8", _all("int8", output="int8"), method="gptq", activations="int8_static", kv_cache="int8",
+                sim_preset="w8a8",
+                note="edge.quant.w8a8's static W8A8 (edge build's ONNX QDQ scheme): rotation, GPTQ int8 per-channel "
+                "linears, MSE-clipped static per-tensor activation scales, every down_proj input and the 6 groups "
+                "with the largest int8 error at int16 (float on a unit without int16), embedding/lm_head float. "
+                "--method rtn/awq or a recipe file with smoothquant: the quantize stage's older path (int8 "
+                "weights, absmax static scales, SmoothQuant alpha as given)"),
     QuantRecipe("8da4w", _all("int4_g32", output="int4_g32", router="int8"), method="gptq",
                 activations="int8_dynamic", sim_preset="8da4w",
                 note="ExecuTorch/torchao 8-bit dynamic activations, int4 g32 symmetric weights"),

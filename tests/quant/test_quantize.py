@@ -57,8 +57,10 @@ def test_calibrated_methods_beat_rtn_on_layer_output(method):
 
 
 def test_w8a8_smoothquant_records_static_scales():
+    # the stage's static-int8 path as the w8a8 preset was before it became edge.quant.w8a8's scheme
     m = model()
-    q = quantize(m, "w8a8", calib())
+    q = quantize(m, recipe_from_dict({"base": "w8a8", "method": "rtn", "smoothquant": 0.5}, "w8a8_sq"), calib())
+    assert [r["qkv"] for r in q.info["rescale"]] == [{"alpha": 0.5}] * 2
     assert len(q.act_scales) == 2 * 7 and all(s > 0 for s in q.act_scales.values())
     with torch.no_grad():
         assert torch.isfinite(m(torch.as_tensor(calib(1, 16)))).all()
