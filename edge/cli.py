@@ -189,7 +189,7 @@ def prune_cmd(model, out, recipe, ratio, params, kind, ffn_dim, n_heads, n_kv_he
                    "with --method rtn/awq or a recipe file setting smoothquant: the older SmoothQuant path.")
 @click.option("--method", default=None, help="Override the algorithm: rtn, gptq, awq, awq+gptq.")
 @click.option("--calib", default="assistant:3,general:7", show_default=True, help="Calibration mix NAME[:WEIGHT],...")
-@click.option("--n-samples", default=32, show_default=True)
+@click.option("--n-samples", default=64, show_default=True)
 @click.option("--seq-len", default=512, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory (new or empty).")

@@ -38,7 +38,7 @@ def uses_w8a8_scheme(r: QuantRecipe) -> bool:
 
 
 def quantize_to_dir(model: str, recipe: str, out: str | Path, *, calib: str = "assistant:3,general:7",
-                    n_samples: int = 32, seq_len: int = 512, seed: int = 0, method: str | None = None,
+                    n_samples: int = 64, seq_len: int = 512, seed: int = 0, method: str | None = None,
                     progress=None, w8a8=None) -> dict:
     """``w8a8``: the edge.quant.w8a8.W8A8Config for a recipe that takes that scheme (default
     ``edge.quant.w8a8.DEFAULT``: groups kept above int8 at int16; ``for_unit(dtypes)`` picks float
