@@ -11,6 +11,24 @@ weights, the export config, the exporter's source and the tool versions, so a re
 and a changed exporter rebuilds. Measurement: one warm-up, then ``--reps`` repetitions of a
 ``--prompt``-token prefill followed by ``--decode`` greedy single-token steps; medians are reported.
 Prints a markdown table and writes benchmarks/results/export_speed.json and .md.
+
+``--package PATH`` (repeatable) adds one row per ONNX artifact of a built device package (``edge
+build`` output: the QDQ int8 W8A8 graphs of horizon-j5 / rv1126, the QDQ w4a16 graph of
+snapdragon-8gen2), run on the host through ONNX Runtime's CPU provider with the package's own runner
+(``edge.runtime.session.artifact_runner``: checksums verified first, 2 intra-op threads like the other
+rows) and the same prompt, decode length, warm-up and medians. These graphs take a fixed T tokens per
+call (``layout.fixed_seq``, 32) with the KV cache as explicit inputs/outputs: prefill runs the prompt
+in ceil(prompt / T) calls (the last one padded), and each decode step is one full T-token call holding
+1 real token and T-1 padding tokens (every split part in turn), so decode costs about one T-token
+prefill call. MB counts the artifact's files (parts + rope.npy). The simulated column uses the
+host-x86-2core profile's onnxruntime row for the package's recipe, "n/a" where the profile has none
+(it runs fp32 and w8a8 on onnxruntime; no w4a16): see the notes under the table. Every row in one run::
+
+    bash benchmarks/quiet.sh .venv/bin/python benchmarks/export_speed.py \\
+        --package /tmp/pkg-j5 --package /tmp/pkg-rv1126 --package /tmp/w4/pkg-8g2
+
+(``--only`` with no names and ``--package``: package rows only; a package that is missing, being
+rebuilt or fails its checksums gets a "not measured" row with the reason.)
 """
 
 from __future__ import annotations
@@ -214,6 +232,82 @@ def host_prediction(spec, recipe: str, runtime: str, prompt: int, decode: int) -
     return r.prefill_tok_s, r.decode_tok_s
 
 
+def sim_fitted_to(recipe: str, runtime: str) -> str:
+    """What the host profile's efficiency row for (runtime, recipe) was fitted to ("" when none)."""
+    from edge.errors import ConfigError
+    from edge.targets import load_target
+
+    try:
+        e = load_target("host-x86-2core").efficiency_for(runtime, recipe)
+    except ConfigError:
+        return ""
+    return " ".join(e.fitted_to).split(":")[0] if e.fitted_to else (e.source or e.estimate)
+
+
+def package_rows(pkg: Path, lm, base: dict, prompt: list[int], n_decode: int, reps: int) -> list[dict]:
+    """One measured row per ONNX artifact of the device package at ``pkg`` (see the module docstring)."""
+    import re
+
+    from edge.errors import EdgeError
+    from edge.model.spec import ModelSpec
+    from edge.package import read_manifest, verify
+    from edge.runtime.session import artifact_runner
+
+    row0 = {"name": f"package:{pkg}", "package": str(pkg), "runtime": "onnxruntime"}
+    try:
+        m = read_manifest(pkg)
+        verify(m, pkg)  # refuses a package being rebuilt or modified
+    except EdgeError as e:
+        return [row0 | {"artifact": f"package {pkg}", "missing": True, "note": f"not measured: {e}"}]
+    target, recipe = m.get("target", "?"), m.get("recipe", "?")
+    model = m.get("model", {})
+    if model.get("name") != lm.spec.name:
+        return [row0 | {"artifact": f"{target} package {recipe}", "missing": True,
+                        "note": f"not measured: built from {model.get('name')}, the prompt is {lm.spec.name}'s"}]
+    arts = [a for a in m["artifacts"] if a["runtime"] == "onnxruntime"]
+    if not arts:
+        return [row0 | {"artifact": f"{target} package {recipe}", "missing": True,
+                        "note": "no onnxruntime artifact: " + ", ".join(a["runtime"] for a in m["artifacts"])}]
+    spec = ModelSpec.from_dict(model["spec"]) if model.get("spec") else lm.spec
+    rows = []
+    for i, art in enumerate(arts):
+        lay = art["layout"]
+        T, parts = int(lay.get("fixed_seq") or 0), len(lay["parts"])
+        art_recipe = art.get("recipe", recipe)
+        label = f"{target} package: ONNX {lay['dtype']}" + (f", T={T}" if T else "")
+        row = row0 | {"name": f"package:{pkg}" + (f"#{i}" if len(arts) > 1 else ""), "artifact": label,
+                      "target": target, "recipe": art_recipe, "dtype": lay["dtype"], "fixed_seq": T,
+                      "parts": parts, "device_runtime": art.get("device_runtime")}
+        try:
+            runner = artifact_runner(pkg, art, threads=THREADS)
+        except EdgeError as e:
+            rows.append(row | {"missing": True, "note": f"not measured: {e}"})
+            continue
+        row["size_mb"] = round(sum((pkg / f).stat().st_size for f in art["files"]) / 1e6, 1)
+        row |= time_runner(runner, prompt, n_decode, reps)
+        del runner
+        sp, sd = host_prediction(spec, art_recipe, "onnxruntime", len(prompt), n_decode)
+        row |= {"sim_runtime": "onnxruntime", "sim_recipe": art_recipe, "sim_prefill_tok_s": sp, "sim_decode_tok_s": sd}
+        split = f" ({parts} ONNX parts run in turn per call)" if parts > 1 else ""
+        if T:
+            note = (f"prefill: {-(-len(prompt) // T)} call(s) of T={T} tokens{split}; decode step: one T={T} call "
+                    f"with 1 real token + {T - 1} padding tokens")
+        else:
+            note = f"prefill: one call{split}; decode step: one 1-token call"
+        if sd is None:
+            note += (f"; simulated n/a: host-x86-2core has no onnxruntime efficiency row for {art_recipe} "
+                     "(none invented)")
+        else:
+            fit = re.sub(r"\s+", " ", sim_fitted_to(art_recipe, "onnxruntime"))
+            note += (f"; simulated: the onnxruntime/{art_recipe} row fitted to {fit}" if fit else "")
+            note += "; the simulator does not model the fixed-T padding" if T else ""
+        if model.get("sha256") and model["sha256"] != base["model"]:
+            note += "; the package's weights differ from the built-in model's (pruned or modified)"
+        row["note"] = note
+        rows.append(row)
+    return rows
+
+
 def size_mb(where: Path) -> float:
     files = [where] if where.is_file() else [f for f in where.iterdir() if f.is_file() and not f.name.startswith(".")]
     return sum(f.stat().st_size for f in files) / 1e6
@@ -224,15 +318,23 @@ def table(res: dict) -> str:
              f"median of {res['reps']}; load average {res['load_before']} before, {res['load_after']} after", "",
              "| artifact | runtime | MB | prefill tok/s | decode tok/s | decode vs llama.cpp same precision "
              "| simulated prefill / decode |", "|---|---|---|---|---|---|---|"]
+    notes = []
     for r in res["rows"]:
+        mark = ""
+        if r.get("package"):  # package rows carry a numbered note under the table
+            notes.append(f"[{len(notes) + 1}] {r['artifact']} ({r['package']}): {r.get('note', '')}")
+            mark = f" [{len(notes)}]"
         if r.get("missing"):
-            lines.append(f"| {r['artifact']} | {r['runtime']} | | not built | | | |")
+            lines.append(f"| {r['artifact']}{mark} | {r['runtime']} | | "
+                         f"{'not measured' if mark else 'not built'} | | | |")
             continue
         sim = (f"{r['sim_prefill_tok_s']:.0f} / {r['sim_decode_tok_s']:.1f}" if r["sim_decode_tok_s"]
-               else "no host figures")
+               else "n/a" if mark else "no host figures")
         rel = f"{r['decode_vs_llamacpp']:.2f}x" if r.get("decode_vs_llamacpp") else ""
-        lines.append(f"| {r['artifact']} | {r['runtime']} | {r['size_mb']:.0f} | {r['prefill_tok_s']:.0f} "
+        lines.append(f"| {r['artifact']}{mark} | {r['runtime']} | {r['size_mb']:.0f} | {r['prefill_tok_s']:.0f} "
                      f"| {r['decode_tok_s']:.1f} | {rel} | {sim} |")
+    if notes:
+        lines += [""] + notes
     return "\n".join(lines) + "\n"
 
 
@@ -245,6 +347,8 @@ def main() -> None:
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "export_speed.json"))
+    ap.add_argument("--package", action="append", default=[], metavar="PATH",
+                    help="a built device package: adds a row per ONNX artifact (repeatable; see the docstring)")
     a = ap.parse_args()
 
     import torch
@@ -262,6 +366,8 @@ def main() -> None:
             t0 = time.time()
             where, _ = artifact(name, lm, cache, True, base)
             print(f"{name}: {where} ({time.time() - t0:.0f} s)", flush=True)
+        if a.package:
+            print("--package: nothing to build (packages come from `edge build`)", flush=True)
         return
 
     # ExecuTorch's threadpool is left at its default (one thread per core: 2 here); resetting it, or
@@ -289,6 +395,14 @@ def main() -> None:
             row["export"] = {k: meta.get(k) for k in ("delegated", "decode_delegated", "seconds")}
         res["rows"].append(row)
         print(f"{name}: prefill {row['prefill_tok_s']:.0f} tok/s, decode {row['decode_tok_s']:.1f} tok/s", flush=True)
+    for pkg in a.package:
+        for row in package_rows(Path(pkg), lm, base, prompt, a.decode, a.reps):
+            res["rows"].append(row)
+            if row.get("missing"):
+                print(f"{pkg}: {row['note']}", flush=True)
+            else:
+                print(f"{row['name']}: prefill {row['prefill_tok_s']:.0f} tok/s, decode {row['decode_tok_s']:.1f} tok/s",
+                      flush=True)
     ref = {r["sim_recipe"]: r["decode_tok_s"] for r in res["rows"] if r["name"].startswith("llamacpp") and "decode_tok_s" in r}
     for r in res["rows"]:
         if "decode_tok_s" in r and not r["name"].startswith("llamacpp") and ref.get(r.get("sim_recipe")):
