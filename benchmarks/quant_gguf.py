@@ -43,6 +43,19 @@ OURS = {
 LLAMACPP = {"llama.cpp Q8_0": "Q8_0", "llama.cpp Q4_0": "Q4_0", "llama.cpp Q4_K_M": "Q4_K_M"}
 
 
+def memo_logits(fn):
+    """``fn(tokens) -> logits`` computed once per token window (the reference is scored against every row)."""
+    cache: dict = {}
+
+    def logits(t):
+        key = tuple(t)
+        if key not in cache:
+            cache[key] = fn(t)
+        return cache[key]
+
+    return logits
+
+
 def peak_rss_mb() -> float:
     """Peak RSS since the last reset_peak_rss() (Linux VmHWM), else since the process started."""
     try:
@@ -191,14 +204,7 @@ def main() -> None:
     lm = load_model(args.f32)
     toks = lm.tokenizer.encode(load_text("heldout").text)[: args.tokens]
     del lm
-    ref = LlamaCppRunner(args.f32, n_ctx=args.window, n_threads=2, kv_type="f32")
-    cache: dict = {}
-
-    def ref_logits(t):
-        key = tuple(t)
-        if key not in cache:
-            cache[key] = ref.logits(t)
-        return cache[key]
+    ref_logits = memo_logits(LlamaCppRunner(args.f32, n_ctx=args.window, n_threads=2, kv_type="f32").logits)
 
     rows: list[dict] = []
 
@@ -342,14 +348,7 @@ def torch_w8a8(args, toks) -> dict:
 
     torch.set_num_threads(2)
     lm = load_model(args.f32)
-    ref = TorchRunner(lm.model)
-    ref_cache: dict = {}
-
-    def ref_logits(t):
-        k = tuple(t)
-        if k not in ref_cache:
-            ref_cache[k] = ref.logits(t)
-        return ref_cache[k]
+    ref_logits = memo_logits(TorchRunner(lm.model).logits)
 
     calib = token_batches(lm.tokenizer, CalibConfig(n_samples=32, seq_len=128, seed=0))
     out: dict = {"calibration": "general 32 x 128 (as benchmarks/w8a8.py)", "schemes": []}
