@@ -124,6 +124,9 @@ class Runtime:
     static_kv: bool = False  # attention runs over the whole allocated context every step
     max_graph_bytes: float = 0.0  # a compiled graph's size limit (0: none); larger models are split
     toolchain: str = ""
+    # N:M patterns this runtime has sparse kernels for, in the format it loads (a unit's sparse tensor
+    # cores help only a runtime that stores the weights compressed and calls those kernels)
+    sparsity: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -304,7 +307,8 @@ _PROV = ("source", "estimate", "note")
 
 
 def _sparsity(r: _Reader, v: Any, key: str, prov: str) -> tuple[str, ...]:
-    """A unit's N:M sparsity support: ["2:4"], or {patterns: ["2:4"], source/estimate: ...}; sourced."""
+    """A unit's (or a runtime's) N:M sparsity support: ["2:4"], or {patterns: ["2:4"], source/estimate: ...};
+    sourced."""
     from edge.sim.sparsity import parse_nm
 
     if isinstance(v, dict):
@@ -414,7 +418,7 @@ def parse_profile(doc: Any, path: str = "<profile>") -> TargetProfile:
     for rname, rt in doc["runtimes"].items():
         key = f"runtimes.{rname}"
         rt = r.mapping(rt, key, ("unit", "formats", "recipes", "threads", "overhead", "cpu_ops", "host_core_share",
-                                 "static_kv", "max_graph_bytes", "toolchain", *_PROV), ("unit", "formats", "recipes"))
+                                 "static_kv", "max_graph_bytes", "toolchain", "sparsity", *_PROV), ("unit", "formats", "recipes"))
         if rt["unit"] not in units:
             raise r.err(f"{key}.unit", f"'{rt['unit']}' is not a unit of this profile{_suggest(rt['unit'], units)}; "
                                        f"known: {', '.join(units)}")
@@ -435,6 +439,7 @@ def parse_profile(doc: Any, path: str = "<profile>") -> TargetProfile:
             max_graph_bytes=fig(rt, "max_graph_bytes", "bytes", f"{key}.max_graph_bytes", p)
             if "max_graph_bytes" in rt else 0.0,
             toolchain=str(rt.get("toolchain", "")),
+            sparsity=_sparsity(r, rt.get("sparsity", []), f"{key}.sparsity", p),
         )
 
     notes = r.strings(doc.get("constraints", []), "constraints")

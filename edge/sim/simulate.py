@@ -238,7 +238,7 @@ def simulate(
     wl = workload if workload is not None else Workload(**target.defaults.workload)
     m = _Machine(spec, recipe, target, runtime)
     rt, eff, notes = m.rt, m.eff, []
-    recipe = m.recipe = apply_sparsity(spec, recipe, m.unit, notes)  # N:M: a speed-up only where the unit runs it
+    recipe = m.recipe = apply_sparsity(spec, recipe, m.unit, rt, notes)  # N:M: only where unit and runtime run it
     P, G, B, ctx = wl.prompt_len, wl.gen_len, wl.batch, wl.ctx
 
     # ---- prefill: the prompt in one pass, first token out at its end
