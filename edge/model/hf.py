@@ -12,6 +12,10 @@ Checkpoints come in two expert layouts, both handled:
   ``block_sparse_moe.experts.E.w1.weight`` (Mixtral), as the published checkpoints have them;
 * fused per layer, ``mlp.experts.gate_up_proj`` (E, 2F, D) and ``mlp.experts.down_proj``
   (E, D, F), as ``save_pretrained`` of transformers 5 writes them.
+
+Phi-3 fuses the attention and MLP input projections, ``self_attn.qkv_proj`` (q_dim + 2 kv_dim, D)
+and ``mlp.gate_up_proj`` (2F, D): they are split on load into our q/k/v and gate/up (row ranges,
+read without copying the whole tensor), so every stage sees one layout.
 """
 
 from __future__ import annotations
@@ -45,7 +49,26 @@ HF_TENSOR_RENAMES: dict[str, tuple[tuple[str, str], ...]] = {
         (r"\.block_sparse_moe\.experts\.(gate_up_proj|down_proj)$", r".mlp.experts.\1"),
     ),
     "qwen2_moe": (),
+    "qwen3": (),
+    "qwen3_moe": (),
+    "gemma3": (),
+    "phi3": (),  # qkv_proj and gate_up_proj are split by FUSED_LINEARS
+    "smollm3": (),
 }
+
+# Fused linear weights (Phi-3) -> our projections, each a block of rows, in checkpoint order.
+# Value: the parts' names and a function of the spec giving each part's row count.
+FUSED_LINEARS: dict[str, tuple[tuple[str, ...], object]] = {
+    "self_attn.qkv_proj.weight": (
+        ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+        lambda spec: (spec.q_dim, spec.kv_dim, spec.kv_dim),
+    ),
+    "mlp.gate_up_proj.weight": (
+        ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+        lambda spec: (spec.ffn_dim, spec.ffn_dim),
+    ),
+}
+FUSED_LINEAR_NAME = re.compile(r"^(layers\.\d+)\.(self_attn\.qkv_proj\.weight|mlp\.gate_up_proj\.weight)$")
 
 # Fused expert tensors (transformers 5) -> per-expert parts: (our projection, half of dim 1).
 # gate_up_proj (E, 2F, D) holds gate rows [0, F) then up rows [F, 2F); down_proj is (E, D, F).
@@ -67,6 +90,7 @@ class Source:
     key: str  # name in the safetensors file
     expert: int | None = None  # index into dim 0 of a fused expert tensor
     half: int | None = None  # 0 or 1: which half of dim 1 (gate or up of gate_up_proj)
+    rows: tuple[int, int] | None = None  # [start, stop) rows of a fused linear weight (Phi-3)
 
 
 def load_hf_checkpoint(path: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Transformer, ModelSpec]:
@@ -165,6 +189,10 @@ def plan_tensors(
             shape = tuple(handles[f].get_slice(key).get_shape())
         except SafetensorError as e:
             raise ModelLoadError(f"{f}: cannot read tensor {key!r} ({e})") from e
+        linear = FUSED_LINEAR_NAME.match(name)
+        if linear is not None:
+            plan.update(split_fused_linear(f, key, linear.group(1), linear.group(2), shape, spec, expected))
+            continue
         fused = FUSED_NAME.match(name)
         if fused is None:
             if name not in expected:
@@ -200,6 +228,26 @@ def plan_tensors(
     return plan
 
 
+def split_fused_linear(file: Path, key: str, layer: str, kind: str, shape: tuple[int, ...], spec: ModelSpec,
+                       expected: dict[str, tuple[int, ...]]) -> dict[str, Source]:
+    """Sources of the projections a fused linear weight holds, after checking its shape."""
+    parts, sizes = FUSED_LINEARS[kind]
+    sizes = sizes(spec)
+    want = (sum(sizes), spec.dim)
+    if tuple(shape) != want:
+        split = " + ".join(f"{n} {p.split('.')[-2]}" for n, p in zip(sizes, parts))
+        raise ModelLoadError(
+            f"{file}: fused tensor {key!r} has shape {list(shape)}, expected {list(want)} ({split} rows) "
+            "from config.json")
+    out, start = {}, 0
+    for part, n in zip(parts, sizes):
+        name = f"{layer}.{part}"
+        assert expected[name] == (n, spec.dim), (name, expected[name])
+        out[name] = Source(file, key, rows=(start, start + n))
+        start += n
+    return out
+
+
 def check_shape(file: Path, key: str, want: tuple[int, ...], got: tuple[int, ...]) -> None:
     if tuple(want) != tuple(got):
         raise ModelLoadError(
@@ -209,6 +257,8 @@ def check_shape(file: Path, key: str, want: tuple[int, ...], got: tuple[int, ...
 
 def read_tensor(handle, src: Source) -> torch.Tensor:
     try:
+        if src.rows is not None:
+            return handle.get_slice(src.key)[src.rows[0] : src.rows[1]]  # reads those rows only
         if src.expert is None:
             return handle.get_tensor(src.key)
         t = handle.get_slice(src.key)[src.expert]  # (2F, D) or (D, F): reads one expert only

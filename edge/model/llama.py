@@ -1,15 +1,20 @@
 """The reference Llama-family decoder in plain torch: dense or mixture-of-experts.
 
-RMSNorm, RoPE (with Llama-3 frequency scaling), grouped-query attention with optional q/k/v bias
-(Qwen2), SwiGLU MLP, tied or untied embeddings, and an MoE MLP (softmax router, top-k of n
-experts, optionally renormalised gates, optional gated shared expert as in Qwen2-MoE).
+RMSNorm (optionally ``(1 + w)``, Gemma), RoPE (full or partial; Llama-3, linear or LongRoPE
+frequency scaling; a second base for sliding layers; none on NoPE layers), grouped-query
+attention with optional q/k/v bias (Qwen2), per-head q/k RMSNorm (Qwen3, Gemma 3), a sliding
+window on chosen layers (Mistral, Gemma 3), gated MLP with SiLU or tanh-GELU, Gemma's post-norms
+and embedding scale, tied or untied embeddings, and an MoE MLP (softmax router, top-k of n
+experts, optionally renormalised gates, optional gated shared expert as in Qwen2-MoE). Every
+feature is a ModelSpec field (edge/model/spec.py).
 
-Module and parameter names follow Hugging Face's Llama/Qwen2-MoE layout so loaders map names
-one to one. Two modes:
+Module and parameter names follow Hugging Face's Llama / Qwen3 / Gemma 3 / Qwen2-MoE layouts so
+loaders map names one to one. Two modes:
 
 * no cache: ``model(tokens)`` runs causal attention over the whole sequence (evaluation);
 * static KV cache: ``model.setup_cache(max_batch, max_seq)`` then ``model(tokens, input_pos)``
-  with fixed-size cache buffers, fit for ``torch.export`` (prefill and one-token decode).
+  with fixed-size cache buffers, fit for ``torch.export`` (prefill and one-token decode). Sliding
+  layers keep a full-length cache and mask everything older than their window.
 
     model = Transformer(spec); logits = model(torch.tensor([[1, 2, 3]]))  # (B, T, vocab)
 """
@@ -24,41 +29,69 @@ from torch import nn
 
 from edge.model.spec import ModelSpec
 
+# RoPE buffers are built on the CPU explicitly, so a model made under torch.device("meta") (the
+# loaders fill its weights afterwards) still has real, non-persistent frequency tables.
+ROPE_DEVICE = "cpu"
+
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    """x / rms(x) * (offset + weight); offset 1 for Gemma, whose weights are stored centred on 0."""
+
+    def __init__(self, dim: int, eps: float, offset: float = 0.0):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.offset = offset
+        self.weight = nn.Parameter(torch.ones(dim) if offset == 0 else torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        w = self.weight.float() + self.offset if self.offset else self.weight.float()
+        return (xf * w).to(x.dtype)
 
 
-def rope_frequencies(spec: ModelSpec) -> torch.Tensor:
-    """Inverse frequencies (head_dim/2,), with Llama-3 scaling when the spec has it."""
-    hd = spec.head_dim
-    inv = 1.0 / (spec.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
-    rs = spec.rope_scaling
-    if rs is not None:
-        low_wl = rs.original_max_position_embeddings / rs.low_freq_factor
-        high_wl = rs.original_max_position_embeddings / rs.high_freq_factor
-        wl = 2 * math.pi / inv
-        smooth = (rs.original_max_position_embeddings / wl - rs.low_freq_factor) / (
-            rs.high_freq_factor - rs.low_freq_factor
-        )
-        scaled = torch.where(wl > low_wl, inv / rs.factor, inv)
-        mid = (wl <= low_wl) & (wl >= high_wl)
-        scaled = torch.where(mid, (1 - smooth) * inv / rs.factor + smooth * inv, scaled)
-        inv = scaled
-    return inv.float()
+def rope_frequencies(spec: ModelSpec, kind: str = "global", long: bool = False) -> torch.Tensor:
+    """Inverse frequencies (rope_dim/2,) of one RoPE table.
+
+    ``kind`` "global": base ``rope_theta`` with the spec's scaling (Llama-3, linear, or LongRoPE's
+    short factors, its long ones with ``long``); "local": base ``rope_local_theta``, unscaled."""
+    rd = spec.rope_dim
+    base = spec.rope_local_theta if kind == "local" else spec.rope_theta
+    inv = 1.0 / (base ** (torch.arange(0, rd, 2, dtype=torch.float64, device=ROPE_DEVICE) / rd))
+    rs = spec.rope_scaling if kind == "global" else None
+    if rs is None:
+        return inv.float()
+    if rs.rope_type == "linear":
+        return (inv / rs.factor).float()
+    if rs.rope_type == "longrope":
+        # transformers divides the float32 frequencies by float32 factors: do the same for 1e-7 agreement
+        factors = torch.tensor(rs.long_factor if long else rs.short_factor, dtype=torch.float32, device=ROPE_DEVICE)
+        base_f = torch.arange(0, rd, 2, dtype=torch.int64, device=ROPE_DEVICE).float() / rd
+        return 1.0 / (factors * base ** base_f)
+    low_wl = rs.original_max_position_embeddings / rs.low_freq_factor
+    high_wl = rs.original_max_position_embeddings / rs.high_freq_factor
+    wl = 2 * math.pi / inv
+    smooth = (rs.original_max_position_embeddings / wl - rs.low_freq_factor) / (
+        rs.high_freq_factor - rs.low_freq_factor
+    )
+    scaled = torch.where(wl > low_wl, inv / rs.factor, inv)
+    mid = (wl <= low_wl) & (wl >= high_wl)
+    scaled = torch.where(mid, (1 - smooth) * inv / rs.factor + smooth * inv, scaled)
+    return scaled.float()
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first cos.shape[-1] dims of every head of x (..., T, hd); the rest pass (Phi-3)."""
+    rd = cos.shape[-1]
+    if rd == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    xr, xp = x[..., :rd], x[..., rd:]
+    return torch.cat((xr * cos + rotate_half(xr) * sin, xp), dim=-1)
 
 
 class KVCache(nn.Module):
@@ -85,40 +118,56 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(spec.dim, spec.kv_dim, bias=spec.qkv_bias)
         self.v_proj = nn.Linear(spec.dim, spec.kv_dim, bias=spec.qkv_bias)
         self.o_proj = nn.Linear(spec.q_dim, spec.dim, bias=False)
+        if spec.qk_norm:  # one (head_dim,) weight shared by every head
+            self.q_norm = RMSNorm(spec.head_dim, spec.norm_eps, spec.norm_offset)
+            self.k_norm = RMSNorm(spec.head_dim, spec.norm_eps, spec.norm_offset)
+        self.qk_norm = spec.qk_norm
+        self.scale = spec.attn_scale or None  # None: SDPA's 1/sqrt(head_dim)
         self.cache: KVCache | None = None
 
     def forward(self, x, cos, sin, mask, input_pos):
+        """x (B, T, dim); cos, sin (T, rope_dim) or None (no RoPE); mask (T, S) bool."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q = self.q_proj(x).view(B, T, self.n_heads, self.hd)  # (B, T, nh, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd)  # (B, T, nkv, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, nh, T, hd), (B, nkv, T, hd)
+        if cos is not None:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.cache is not None:
             k, v = self.cache.update(input_pos, k, v)  # (B, nkv, S, hd)
         rep = self.n_heads // self.n_kv
         if rep > 1:
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, T, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)  # (B, nh, T, hd)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
 
-class MLP(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
 
-    def __init__(self, dim: int, ffn: int):
+
+class MLP(nn.Module):
+    """Gated MLP: down(act(gate(x)) * up(x)); SwiGLU with act silu, GeGLU with gelu_tanh."""
+
+    def __init__(self, dim: int, ffn: int, act: str = "silu"):
         super().__init__()
         self.gate_proj = nn.Linear(dim, ffn, bias=False)
         self.up_proj = nn.Linear(dim, ffn, bias=False)
         self.down_proj = nn.Linear(ffn, dim, bias=False)
+        self.act = act
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(ACTIVATIONS[self.act](self.gate_proj(x)) * self.up_proj(x))
 
 
 class MoE(nn.Module):
-    """Top-k of n SwiGLU experts with a softmax router; optional (gated) shared expert.
+    """Top-k of n gated-MLP experts with a softmax router; optional (gated) shared expert.
 
     Every expert runs on every token and is weighted by its gate (zero when not chosen): no
     data-dependent control flow, so it exports; per-token cost is n/k times a sparse kernel's.
@@ -128,8 +177,9 @@ class MoE(nn.Module):
         super().__init__()
         self.top_k, self.norm_topk = spec.n_experts_per_tok, spec.norm_topk_prob
         self.gate = nn.Linear(spec.dim, spec.n_experts, bias=False)
-        self.experts = nn.ModuleList(MLP(spec.dim, spec.moe_ffn_dim) for _ in range(spec.n_experts))
-        self.shared_expert = MLP(spec.dim, spec.shared_expert_ffn_dim) if spec.shared_expert_ffn_dim else None
+        self.experts = nn.ModuleList(MLP(spec.dim, spec.moe_ffn_dim, spec.mlp_act) for _ in range(spec.n_experts))
+        self.shared_expert = (MLP(spec.dim, spec.shared_expert_ffn_dim, spec.mlp_act)
+                              if spec.shared_expert_ffn_dim else None)
         self.shared_expert_gate = nn.Linear(spec.dim, 1, bias=False) if spec.shared_expert_gate else None
 
     def routing(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,16 +205,36 @@ class MoE(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """Pre-norm block. With ``spec.post_norms`` (Gemma) the attention and MLP outputs are normed too:
+    ``post_attention_layernorm`` then acts on the attention output, ``pre_feedforward_layernorm`` /
+    ``post_feedforward_layernorm`` wrap the MLP; without, ``post_attention_layernorm`` is the
+    pre-MLP norm (Llama). Callers that run a layer in pieces use ``attn_residual`` / ``mlp_residual``."""
+
     def __init__(self, spec: ModelSpec, layer: int):
         super().__init__()
-        self.input_layernorm = RMSNorm(spec.dim, spec.norm_eps)
+        eps, off = spec.norm_eps, spec.norm_offset
+        self.input_layernorm = RMSNorm(spec.dim, eps, off)
         self.self_attn = Attention(spec)
-        self.post_attention_layernorm = RMSNorm(spec.dim, spec.norm_eps)
-        self.mlp = MoE(spec) if spec.is_moe_layer(layer) else MLP(spec.dim, spec.ffn_dim)
+        self.post_attention_layernorm = RMSNorm(spec.dim, eps, off)
+        if spec.post_norms:
+            self.pre_feedforward_layernorm = RMSNorm(spec.dim, eps, off)
+            self.post_feedforward_layernorm = RMSNorm(spec.dim, eps, off)
+        self.post_norms = spec.post_norms
+        self.mlp = MoE(spec) if spec.is_moe_layer(layer) else MLP(spec.dim, spec.ffn_dim, spec.mlp_act)
+        self.rope_kind = spec.rope_kind(layer)  # which RoPE table: "global", "local" or "none"
+        self.sliding = spec.is_sliding_layer(layer)  # which mask: sliding window or full causal
+
+    def attn_residual(self, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        return x + (self.post_attention_layernorm(attn_out) if self.post_norms else attn_out)
+
+    def mlp_residual(self, h: torch.Tensor) -> torch.Tensor:
+        if self.post_norms:
+            return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
+        return h + self.mlp(self.post_attention_layernorm(h))
 
     def forward(self, x, cos, sin, mask, input_pos):
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        a = self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos)
+        return self.mlp_residual(self.attn_residual(x, a))
 
 
 class Transformer(nn.Module):
@@ -173,11 +243,18 @@ class Transformer(nn.Module):
         self.spec = spec
         self.embed_tokens = nn.Embedding(spec.vocab_size, spec.dim)
         self.layers = nn.ModuleList(DecoderLayer(spec, i) for i in range(spec.n_layers))
-        self.norm = RMSNorm(spec.dim, spec.norm_eps)
+        self.norm = RMSNorm(spec.dim, spec.norm_eps, spec.norm_offset)
         self.lm_head = nn.Linear(spec.dim, spec.vocab_size, bias=False)
         if spec.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.register_buffer("inv_freq", rope_frequencies(spec), persistent=False)
+        rs = spec.rope_scaling
+        if rs is not None and rs.rope_type == "longrope":
+            self.register_buffer("inv_freq_long", rope_frequencies(spec, long=True), persistent=False)
+        if spec.rope_local_theta:
+            self.register_buffer("inv_freq_local", rope_frequencies(spec, "local"), persistent=False)
+        if spec.embed_scale != 1.0:  # a buffer, so .to(dtype) rounds it as transformers does (Gemma, bf16)
+            self.register_buffer("embed_scale", torch.tensor(spec.embed_scale, device=ROPE_DEVICE), persistent=False)
         self.max_cache_len = 0
 
     # ---- static KV cache -------------------------------------------------------------------
@@ -187,8 +264,6 @@ class Transformer(nn.Module):
         for layer in self.layers:
             a = layer.self_attn
             a.cache = KVCache(max_batch, a.n_kv, max_seq, a.hd, dtype)
-        causal = torch.tril(torch.ones(max_seq, max_seq, dtype=torch.bool))
-        self.register_buffer("causal_mask", causal, persistent=False)
         self.max_cache_len = max_seq
 
     def drop_cache(self) -> None:
@@ -196,26 +271,64 @@ class Transformer(nn.Module):
             layer.self_attn.cache = None
         self.max_cache_len = 0
 
-    def rope(self, positions: torch.Tensor, dtype: torch.dtype):
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]  # (T, hd/2)
+    # ---- pieces a caller running the layers itself needs (pruning, exporters) ---------------
+    def long_rope(self, n_positions: int) -> bool:
+        """LongRoPE's long factors apply when the model runs over more positions than it was
+        pretrained on: the sequence without a cache, the cache length with one (llama.cpp's rule)."""
+        rs = self.spec.rope_scaling
+        return rs is not None and rs.rope_type == "longrope" and n_positions > rs.original_max_position_embeddings
+
+    def rope(self, positions: torch.Tensor, dtype: torch.dtype, kind: str = "global", long: bool = False):
+        """cos, sin (T, rope_dim) of one RoPE table at ``positions`` (T,); (None, None) for kind "none"."""
+        if kind == "none":
+            return None, None
+        inv = self.inv_freq_local if kind == "local" else (self.inv_freq_long if long else self.inv_freq)
+        freqs = positions.float()[:, None] * inv[None, :]  # (T, rope_dim/2)
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype), emb.sin().to(dtype)  # (T, hd)
+        cos, sin = emb.cos(), emb.sin()
+        rs = self.spec.rope_scaling
+        if kind == "global" and rs is not None and rs.attention_factor != 1.0:
+            cos, sin = cos * rs.attention_factor, sin * rs.attention_factor
+        return cos.to(dtype), sin.to(dtype)
+
+    def attention_mask(self, q_pos: torch.Tensor, k_pos: torch.Tensor, sliding: bool) -> torch.Tensor:
+        """(T, S) bool: query at q_pos[i] sees key at k_pos[j] <= q_pos[i], and within the window if sliding."""
+        m = k_pos[None, :] <= q_pos[:, None]
+        if sliding:
+            m = m & (k_pos[None, :] > q_pos[:, None] - self.spec.sliding_window)
+        return m
+
+    def layer_inputs(self, positions: torch.Tensor, key_positions: torch.Tensor, n_positions: int,
+                     dtype: torch.dtype) -> list[tuple]:
+        """(cos, sin, mask) for every layer, each table computed once per kind."""
+        long = self.long_rope(n_positions)
+        ropes = {k: self.rope(positions, dtype, k, long) for k in {layer.rope_kind for layer in self.layers}}
+        masks = {s: self.attention_mask(positions, key_positions, s) for s in {layer.sliding for layer in self.layers}}
+        return [(*ropes[layer.rope_kind], masks[layer.sliding]) for layer in self.layers]
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.embed_tokens(tokens)
+        return x * self.embed_scale.to(x.dtype) if self.spec.embed_scale != 1.0 else x
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(self.norm(x))
+        c = self.spec.final_logit_softcap
+        return c * torch.tanh(logits / c) if c else logits
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, vocab). With a cache, ``input_pos`` (T,) is required."""
         B, T = tokens.shape
-        x = self.embed_tokens(tokens)
+        x = self.embed(tokens)
         if self.max_cache_len:
             assert input_pos is not None, "a model with a KV cache needs input_pos"
-            mask = self.causal_mask[input_pos]  # (T, S): row i sees positions <= input_pos[i]
-            positions = input_pos
+            keys = torch.arange(self.max_cache_len, device=tokens.device)
+            per_layer = self.layer_inputs(input_pos, keys, self.max_cache_len, x.dtype)
         else:
             positions = torch.arange(T, device=tokens.device)
-            mask = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
-        cos, sin = self.rope(positions, x.dtype)
-        for layer in self.layers:
+            per_layer = self.layer_inputs(positions, positions, T, x.dtype)
+        for layer, (cos, sin, mask) in zip(self.layers, per_layer):
             x = layer(x, cos, sin, mask, input_pos)
-        return self.lm_head(self.norm(x))
+        return self.head(x)
 
     def num_params(self) -> int:
         seen: set[int] = set()

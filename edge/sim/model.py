@@ -7,6 +7,9 @@
 Counting conventions: 1 multiply-add = 2 operations; a matmul of (T, cols) by (cols, rows)
 costs 2*T*rows*cols. Attention of T new tokens over positions p costs 4*q_dim*p per token
 (QK^T and AV). Expert weights are read once per step for every distinct expert touched.
+A sliding-window layer attends to, and caches, at most ``sliding_window`` positions when the
+runtime keeps a window-sized cache (llama.cpp); a static full-length cache (ExecuTorch, ONNX
+exports) holds and scans the whole context on every layer (``windowed=False``).
 """
 
 from __future__ import annotations
@@ -43,8 +46,10 @@ def weight_tensors(spec: ModelSpec) -> tuple[Tensor, ...]:
     for i in range(spec.n_layers):
         out += [
             Tensor("attn_q", i, q, d), Tensor("attn_k", i, kv, d), Tensor("attn_v", i, kv, d),
-            Tensor("attn_o", i, d, q), Tensor("norm", i, 2, d),
+            Tensor("attn_o", i, d, q), Tensor("norm", i, spec.norms_per_layer, d),
         ]
+        if spec.qk_norm:  # one (head_dim,) weight each for q and k, shared by the heads
+            out.append(Tensor("norm", i, 2, spec.head_dim))
         if spec.is_moe_layer(i):
             f, e = spec.moe_ffn_dim, spec.n_experts
             out += [
@@ -82,6 +87,38 @@ def weight_bytes(spec: ModelSpec, recipe: Recipe) -> dict[str, float]:
     return out
 
 
+def norm_elements(spec: ModelSpec) -> int:
+    """Elements every token's RMSNorms normalise: the residual stream's norms, plus each q and k
+    head under q/k norms (Qwen3, Gemma 3)."""
+    per_layer = spec.norms_per_layer * spec.dim + (spec.q_dim + spec.kv_dim if spec.qk_norm else 0)
+    return spec.dim + spec.n_layers * per_layer
+
+
+def attended_positions(spec: ModelSpec, layer: int, start: int, new_tokens: int, windowed: bool = True) -> float:
+    """Sum over ``new_tokens`` tokens at positions start.. of the positions each attends to (itself
+    included): p + 1 for a full layer, min(p + 1, window) for a sliding one when ``windowed``."""
+    full = new_tokens * start + new_tokens * (new_tokens + 1) / 2
+    if not (windowed and spec.is_sliding_layer(layer)):
+        return full
+    w = spec.sliding_window
+    # positions p = start .. start+T-1 attend min(p+1, w): the ones below w ramp up, the rest see w
+    ramp = max(0, min(start + new_tokens, w) - start)  # tokens with p + 1 <= w
+    ramped = ramp * start + ramp * (ramp + 1) / 2
+    return ramped + (new_tokens - ramp) * w
+
+
+def kv_positions(spec: ModelSpec, context: int, windowed: bool = True) -> int:
+    """Cached positions summed over the layers at ``context``: a sliding layer keeps its window
+    when ``windowed`` (a runtime with a window-sized cache), the whole context otherwise."""
+    if not windowed:
+        return spec.n_layers * context
+    return sum(spec.kv_positions(i, context) for i in range(spec.n_layers))
+
+
+def kv_cache_bytes(spec: ModelSpec, recipe: Recipe, context: int, batch: int = 1, windowed: bool = True) -> float:
+    return 2 * spec.kv_dim * kv_positions(spec, context, windowed) * recipe.kv_bytes * batch
+
+
 def average_bits(spec: ModelSpec, recipe: Recipe) -> float:
     n = sum(t.rows * t.cols * t.copies for t in weight_tensors(spec))
     return 8 * sum(weight_bytes(spec, recipe).values()) / n
@@ -112,7 +149,8 @@ def forward_cost(spec: ModelSpec, recipe: Recipe, new_tokens: int, context: int,
 
     ``start`` is the first new position (default context - new_tokens). With
     ``attend_full_context`` (a static KV cache without a length-aware kernel) every token attends
-    over the whole ``context``; otherwise over the positions before it (causal).
+    over the whole ``context`` on every layer, sliding ones included; otherwise over the positions
+    before it (causal), and a sliding layer over its window only.
     """
     start = context - new_tokens if start is None else start
     n = new_tokens * batch  # tokens through the linear layers
@@ -123,8 +161,7 @@ def forward_cost(spec: ModelSpec, recipe: Recipe, new_tokens: int, context: int,
     cpu_bytes = dict.fromkeys(CPU_OPS, 0.0)
     for t in weight_tensors(spec):
         tb = recipe.tensor_bytes(t.cls, t.rows, t.cols, max(t.layer, 0), spec.n_layers)
-        if t.cls == "norm":
-            cpu_flops["norm"] += 4 * t.rows * t.cols * n
+        if t.cls == "norm":  # operations counted below, from the elements normalised
             wbytes += tb
             continue
         if t.cls == "embedding":  # a gather: one row per token
@@ -150,18 +187,22 @@ def forward_cost(spec: ModelSpec, recipe: Recipe, new_tokens: int, context: int,
             cpu_flops["moe_router"] += f
         flops += f
         wbytes += tb
-    # attention: token at position p attends over p+1 positions (or the whole context)
+    cpu_flops["norm"] += 4 * norm_elements(spec) * n
+    # attention: token at position p attends over p+1 positions (or the whole context), per layer
+    windowed = not attend_full_context
     if attend_full_context:
-        attended = new_tokens * context
+        attended = spec.n_layers * new_tokens * context
     else:
-        attended = new_tokens * start + new_tokens * (new_tokens + 1) / 2
-    att = 4 * spec.q_dim * attended * batch * spec.n_layers
+        attended = sum(attended_positions(spec, i, start, new_tokens) for i in range(spec.n_layers))
+    att = 4 * spec.q_dim * attended * batch
     flops += att
     cpu_flops["attention"] += att
-    cpu_flops["softmax"] += 5 * spec.n_heads * attended * batch * spec.n_layers
-    cpu_flops["rope"] += 6 * (spec.q_dim + spec.kv_dim) * n * spec.n_layers
-    kv_per_pos = 2 * spec.n_layers * spec.kv_dim * recipe.kv_bytes
-    kv_read = kv_per_pos * (context if attend_full_context else start) * batch
-    kv_write = kv_per_pos * n
+    cpu_flops["softmax"] += 5 * spec.n_heads * attended * batch
+    rope_layers = spec.n_layers - len(spec.nope_layers)
+    cpu_flops["rope"] += 6 * (spec.q_dim + spec.kv_dim) * spec.rope_dim / spec.head_dim * n * rope_layers
+    kv_elem = 2 * spec.kv_dim * recipe.kv_bytes
+    read_ctx = context if attend_full_context else start
+    kv_read = kv_elem * kv_positions(spec, read_ctx, windowed) * batch
+    kv_write = kv_elem * spec.n_layers * n
     cpu_bytes["attention"] += kv_read + kv_write
     return ForwardCost(new_tokens, batch, flops, wbytes, kv_read, kv_write, distinct, cpu_flops, cpu_bytes)

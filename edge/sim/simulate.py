@@ -22,7 +22,14 @@ from dataclasses import asdict, dataclass, field
 from edge.errors import ConfigError
 from edge.model.spec import ModelSpec
 from edge.sim.budgets import Budget, parse_budget
-from edge.sim.model import ForwardCost, average_bits, forward_cost, weight_bytes, weight_tensors
+from edge.sim.model import (
+    ForwardCost,
+    average_bits,
+    forward_cost,
+    kv_cache_bytes,
+    weight_bytes,
+    weight_tensors,
+)
 from edge.sim.recipes import Recipe, load_recipe
 from edge.sim.sparsity import apply_sparsity
 from edge.targets import TargetProfile, load_target
@@ -264,8 +271,13 @@ def simulate(
     # ---- memory
     wb = weight_bytes(spec, recipe)
     weights = sum(wb.values())
-    kv_per_pos = 2 * spec.n_layers * spec.kv_dim * recipe.kv_bytes * B
-    kv = kv_per_pos * ctx
+    # a runtime with a window-sized cache keeps only the window on sliding layers; a static one keeps all
+    windowed = not rt.static_kv
+    kv = kv_cache_bytes(spec, recipe, ctx, B, windowed)
+    # bytes per further position: layers whose cache grows with the context (all, or the full-attention ones)
+    growing = spec.n_layers if not windowed else sum(not spec.is_sliding_layer(i) for i in range(spec.n_layers))
+    kv_per_pos = 2 * growing * spec.kv_dim * recipe.kv_bytes * B
+    kv_window = kv_cache_bytes(spec, recipe, spec.sliding_window, B, windowed) - kv_per_pos * spec.sliding_window
     act_elem = 4 if m.unit.kind == "cpu" else recipe.act_bytes
     chunk = min(P, 512)  # llama.cpp and most runtimes run the prompt in chunks of at most 512
     ffn = max(spec.ffn_dim, spec.moe_ffn_dim)
@@ -287,7 +299,7 @@ def simulate(
         elif splits > 1:
             notes.append(f"{rt.name}: weights split into {splits} graphs of at most "
                          f"{rt.max_graph_bytes / 1e9:.1f} GB")
-    largest_context = int(max(avail - weights - act_fixed - rt.overhead, 0) // (kv_per_pos + scores_per_ctx))
+    largest_context = int(max(avail - weights - act_fixed - kv_window - rt.overhead, 0) // (kv_per_pos + scores_per_ctx))
     room = max(avail - kv - act - rt.overhead, 0.0)
     largest_params = room * 8 / average_bits(spec, recipe)
     if not fits and fit_binding == "memory capacity":
