@@ -143,11 +143,12 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
             from edge.export.gguf import export_gguf
             from edge.quant.quantize import quantize
 
-            if lm.source.kind not in ("builtin", "gguf"):
-                raise ConfigError("GGUF packages copy tokenizer metadata from a source GGUF; this model has none")
+            # the tokenizer: copied from the source GGUF, or converted from the checkpoint's tokenizer.json
+            tok_src = ({"tokenizer_gguf": lm.source.path} if lm.source.kind in ("builtin", "gguf")
+                       else {"tokenizer_dir": lm.source.path})
             m = copy.deepcopy(lm.model)
             q = None if plan.option in ("fp32", "fp16") else quantize(m, plan.option, torch.from_numpy(calib))
-            export_gguf(m, q, w.dir / "model.gguf", tokenizer_gguf=lm.source.path,
+            export_gguf(m, q, w.dir / "model.gguf", **tok_src,
                         provenance={"calib": dataset_hash(calib_cfg), "recipe": recipe, "target": tp.name},
                         float_type="f16" if plan.option == "fp16" else "f32")
             art |= {"files": ["model.gguf"], "kv_cache": kv_cache}  # the runner's cache type

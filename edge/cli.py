@@ -555,7 +555,9 @@ def matrix_cmd(models, targets, recipes, matrix_file, address, out, num_cpus, ma
 @main.command("stream")
 @click.option("--model", "model", required=True, type=click.Path(file_okay=False), help="HF checkpoint directory.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="GGUF file to write.")
-@click.option("--tokenizer-gguf", required=True, help="GGUF (or built-in model name) to copy tokenizer metadata from.")
+@click.option("--tokenizer-gguf", default=None,
+              help="GGUF (or built-in model name) to copy tokenizer metadata from; default: the checkpoint's "
+                   "tokenizer.json, converted.")
 @click.option("--weights", default="q4_0", show_default=True, help="q4_0, q5_0 or q8_0.")
 @click.option("--method", default="awq", show_default=True, help="awq (calibrated) or rtn.")
 @click.option("--calib", default="general:1", show_default=True, help="Calibration mix NAME[:WEIGHT],...")
@@ -566,7 +568,7 @@ def stream_cmd(model, out, tokenizer_gguf, weights, method, calib, as_json) -> N
     from edge.model.load import BUILTIN_MODELS, builtin_path
     from edge.stream import StreamConfig, stream_to_gguf
 
-    tok = builtin_path(tokenizer_gguf) if tokenizer_gguf in BUILTIN_MODELS else tokenizer_gguf
+    tok = builtin_path(tokenizer_gguf) if tokenizer_gguf in BUILTIN_MODELS else tokenizer_gguf  # None: tokenizer.json
     rep = stream_to_gguf(model, out, StreamConfig(weights=weights, method=method, calib=calib), tokenizer_gguf=tok,
                          progress=(lambda line: None) if as_json else click.echo)
     if as_json:

@@ -41,6 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ConfigError, EdgeError, ModelLoadError
+from edge.export.gguf import FILE_TYPES, _row_perm, arch_keys, atomic_gguf, tokenizer_fields
+from edge.model.gguf import LAYER_TENSORS
 
 # ---- lazy safetensors --------------------------------------------------------------------------------
 
@@ -316,22 +318,12 @@ def awq_search(ws: list[np.ndarray], x, fmt_name: str, grid: int, n_rows: int):
 # ---- the streaming quantizer -------------------------------------------------------------------------------
 
 _HF = "model.layers.{i}.{leaf}"
-_LAYER = {  # HF leaf -> GGUF leaf
-    "self_attn.q_proj.weight": "attn_q.weight",
-    "self_attn.k_proj.weight": "attn_k.weight",
-    "self_attn.v_proj.weight": "attn_v.weight",
-    "self_attn.o_proj.weight": "attn_output.weight",
-    "mlp.gate_proj.weight": "ffn_gate.weight",
-    "mlp.up_proj.weight": "ffn_up.weight",
-    "mlp.down_proj.weight": "ffn_down.weight",
-    "input_layernorm.weight": "attn_norm.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-}
-
-
-def _row_perm(rows: int, n_head: int) -> np.ndarray:
-    """llama.cpp's converter order for q/k rows: rotate-half -> interleaved RoPE, per head."""
-    return np.arange(rows).reshape(n_head, 2, rows // n_head // 2).swapaxes(1, 2).reshape(rows)
+# HF leaf -> GGUF leaf of the dense llama layer this writer streams, in file order (names from the
+# one table of GGUF names)
+_LAYER = {ours: gguf for ours in (
+    "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
+    "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight",
+    "post_attention_layernorm.weight") for gguf, o in LAYER_TENSORS.items() if o == ours}
 
 
 def _plan(spec, cfg: StreamConfig) -> list[tuple[str, tuple[int, int] | tuple[int], str]]:
@@ -368,69 +360,20 @@ def _check_spec(spec, cfg: StreamConfig) -> None:
             raise ConfigError(f"{name} {cols} is not a multiple of the GGUF block size (32)")
 
 
-def _kv_type(key: str, val):
-    """GGUF value type (and array item type) of a tokenizer/general key: llama.cpp checks them strictly."""
-    from gguf import GGUFValueType as V
-
-    known = {"tokenizer.ggml.tokens": (V.ARRAY, V.STRING), "tokenizer.ggml.merges": (V.ARRAY, V.STRING),
-             "tokenizer.ggml.token_type": (V.ARRAY, V.INT32), "tokenizer.ggml.scores": (V.ARRAY, V.FLOAT32)}
-    if key in known:
-        return known[key]
-    if isinstance(val, list):
-        item = val[0] if val else ""
-        return V.ARRAY, _kv_type("", item)[0]
-    if isinstance(val, bool):
-        return V.BOOL, None
-    if isinstance(val, int):
-        return (V.UINT32 if val >= 0 else V.INT32), None
-    if isinstance(val, float):
-        return V.FLOAT32, None
-    return V.STRING, None
-
-
-def _tokenizer_fields(path: Path, vocab: int):
-    """Tokenizer + general.name/license KV pairs of a GGUF, token arrays padded to ``vocab``."""
-    from edge.model.gguf import read_gguf
-
-    if not path.exists():
-        raise ModelLoadError(f"{path}: no such GGUF file to copy tokenizer metadata from")
-    meta = {k: v for k, v in read_gguf(path).metadata.items()
-            if k.startswith(("tokenizer.", "general.name", "general.license"))}
-    tokens = meta.get("tokenizer.ggml.tokens")
-    if tokens is None:
-        raise ModelLoadError(f"{path}: has no tokenizer metadata (tokenizer.ggml.tokens) to copy")
-    if len(tokens) > vocab:
-        raise ConfigError(f"{path}: tokenizer has {len(tokens)} tokens, more than the model's vocabulary ({vocab})")
-    pad = vocab - len(tokens)
-    fields = []
-    for key, val in meta.items():
-        if pad and key == "tokenizer.ggml.tokens":  # a smaller tokenizer on a bigger embedding: filler tokens
-            val = list(val) + [f"<|edge_unused_{i}|>" for i in range(pad)]
-        elif pad and key == "tokenizer.ggml.token_type":
-            val = list(val) + [5] * pad  # UNUSED
-        elif pad and key == "tokenizer.ggml.scores":
-            val = list(val) + [0.0] * pad
-        fields.append((key, val, *_kv_type(key, val)))
-    return fields, meta, pad
-
-
 def peak_rss_bytes() -> int:
     """This process's peak resident set size, from the kernel."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def stream_to_gguf(checkpoint: str | Path, out: str | Path, cfg: StreamConfig = StreamConfig(), *,
-                   tokenizer_gguf: str | Path, progress: Callable[[str], None] = print) -> dict:
+                   tokenizer_gguf: str | Path | None = None, progress: Callable[[str], None] = print) -> dict:
     """Quantize a HF safetensors checkpoint layer by layer into a GGUF that llama.cpp runs.
 
-    ``tokenizer_gguf``: a GGUF whose tokenizer metadata is copied (padded with unused tokens when
-    the model's vocabulary is larger). The file appears only when complete. Returns a report.
+    The tokenizer is converted from the checkpoint's tokenizer.json, or, with ``tokenizer_gguf``,
+    copied from that GGUF (padded with unused tokens when the model's vocabulary is larger). The file
+    appears only when complete. Returns a report.
     """
-    import gguf
-    import torch
-
-    from edge.calib import CalibConfig, dataset_hash, token_batches
-    from edge.model.llama import DecoderLayer, rope_frequencies
+    from edge.calib import CalibConfig, token_batches
     from edge.model.spec import ModelSpec
     from edge.model.tokenizer import Tokenizer
 
@@ -443,23 +386,41 @@ def stream_to_gguf(checkpoint: str | Path, out: str | Path, cfg: StreamConfig = 
     ck = LazyCheckpoint(ckpt_dir)
     plan = _plan(spec, cfg)
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
 
-    fields, meta, padded = _tokenizer_fields(Path(tokenizer_gguf), spec.vocab_size)
+    fields, meta, padded = tokenizer_fields(spec.vocab_size, tokenizer_gguf=tokenizer_gguf,
+                                            tokenizer_dir=None if tokenizer_gguf is not None else ckpt_dir)
     calib_cfg = CalibConfig.from_spec(cfg.calib, n_samples=cfg.calib_samples, seq_len=cfg.calib_seq, seed=0)
     tokens = None
     if cfg.method == "awq":
-        tok = Tokenizer.from_gguf_fields(meta, tokenizer_gguf)
+        tok = (Tokenizer.from_gguf_fields(meta, tokenizer_gguf) if tokenizer_gguf is not None
+               else Tokenizer.from_hf_dir(ckpt_dir))
         tokens = np.clip(token_batches(tok, calib_cfg), 0, spec.vocab_size - 1)  # (B, T)
 
-    w = gguf.GGUFWriter(str(tmp), arch="llama")
+    report: dict = {"model": ckpt_dir.name, "spec": {"params": spec.param_count(), "n_layers": spec.n_layers,
+                                                     "dim": spec.dim, "vocab": spec.vocab_size},
+                    "config": asdict(cfg), "layers": []}
+    with atomic_gguf(out, "llama") as w:
+        prov = _write_stream(w, spec, cfg, ck, plan, fields, padded, tokens, calib_cfg, ckpt_dir, report, progress,
+                             t_start)
+    report.update({"path": str(out), "bytes": out.stat().st_size, "seconds": round(time.time() - t_start, 1),
+                   "peak_rss_bytes": peak_rss_bytes(), "padded_tokens": padded,
+                   "calib": prov["calib"]})
+    return report
+
+
+def _write_stream(w, spec, cfg, ck, plan, fields, padded, tokens, calib_cfg, ckpt_dir, report, progress, t_start):
+    """Header, key/values, tensor table, then each tensor's data as soon as it is quantized."""
+    import gguf
+    import torch
+
+    from edge.calib import dataset_hash
+    from edge.model.llama import DecoderLayer, rope_frequencies
+
     for key, val, vtype, sub in fields:
         w.add_key_value(key, val, vtype, sub_type=sub)
-    from edge.export.gguf import llama_arch_keys
-
-    for key, (val, vtype) in llama_arch_keys(spec).items():
+    for key, (val, vtype) in arch_keys(spec).items():
         w.add_key_value(key, val, vtype)
-    w.add_key_value("general.file_type", {"q4_0": 2, "q8_0": 7, "q5_0": 8}[cfg.weights], gguf.GGUFValueType.UINT32)
+    w.add_key_value("general.file_type", FILE_TYPES[cfg.weights.upper()], gguf.GGUFValueType.UINT32)
     w.add_key_value("general.quantization_version", 2, gguf.GGUFValueType.UINT32)
     prov = {"writer": "edge.stream", "config": asdict(cfg), "source": ckpt_dir.name,
             "calib": dataset_hash(calib_cfg) if tokens is not None else None, "padded_tokens": padded}
@@ -472,9 +433,6 @@ def stream_to_gguf(checkpoint: str | Path, out: str | Path, cfg: StreamConfig = 
         else:  # blocks: the byte shape (rows, bytes per row), as gguf-py takes packed data
             w.add_tensor_info(name, (shape[0], n // shape[0]), np.dtype(np.uint8), n, raw_dtype=types[fmt])
 
-    report: dict = {"model": ckpt_dir.name, "spec": {"params": spec.param_count(), "n_layers": spec.n_layers,
-                                                     "dim": spec.dim, "vocab": spec.vocab_size},
-                    "config": asdict(cfg), "layers": []}
     order = iter(plan)
 
     def put(arr: np.ndarray) -> None:
@@ -482,67 +440,57 @@ def stream_to_gguf(checkpoint: str | Path, out: str | Path, cfg: StreamConfig = 
         assert arr.nbytes == _nbytes(shape, fmt), name
         w.write_tensor_data(arr)
 
-    try:
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        # token embedding: quantized in row chunks straight from the file
-        emb = "model.embed_tokens.weight"
-        vocab = spec.vocab_size
-        blocks = np.empty((vocab, _nbytes((1, spec.dim), cfg.weights)), dtype=np.uint8)
-        step = 8 * cfg.chunk_rows
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    # token embedding: quantized in row chunks straight from the file
+    emb = "model.embed_tokens.weight"
+    vocab = spec.vocab_size
+    blocks = np.empty((vocab, _nbytes((1, spec.dim), cfg.weights)), dtype=np.uint8)
+    step = 8 * cfg.chunk_rows
+    for r0 in range(0, vocab, step):
+        blocks[r0:r0 + step] = quantize_blocks(ck.read(emb, slice(r0, r0 + step)), cfg.weights, cfg.chunk_rows)
+    put(blocks)
+    del blocks
+    progress(f"stream: token_embd {vocab}x{spec.dim} -> {cfg.weights} ({time.time() - t_start:.0f} s)")
+
+    x = pos_cos = pos_sin = mask = None
+    if tokens is not None:
+        uniq, inv = np.unique(tokens, return_inverse=True)
+        x = torch.from_numpy(ck.read(emb, uniq)[inv.reshape(tokens.shape)])  # (B, T, dim)
+        T = tokens.shape[1]
+        freqs = torch.arange(T).float()[:, None] * rope_frequencies(spec)[None, :]
+        emb_f = torch.cat((freqs, freqs), dim=-1)
+        pos_cos, pos_sin = emb_f.cos(), emb_f.sin()  # (T, head_dim)
+        mask = torch.ones(T, T, dtype=torch.bool).tril()
+
+    for i in range(spec.n_layers):
+        t0 = time.time()
+        ws = {leaf: ck.read(_HF.format(i=i, leaf=leaf)) for leaf in _LAYER}
+        info = {"layer": i}
+        if x is not None:
+            x, info["awq"] = _calibrate_layer(spec, i, ws, x, pos_cos, pos_sin, mask, cfg, DecoderLayer)
+        ws["self_attn.q_proj.weight"] = ws["self_attn.q_proj.weight"][_row_perm(spec.q_dim, spec.n_heads)]
+        ws["self_attn.k_proj.weight"] = ws["self_attn.k_proj.weight"][_row_perm(spec.kv_dim, spec.n_kv_heads)]
+        for leaf in _LAYER:
+            arr = ws.pop(leaf)
+            put(arr if arr.ndim == 1 else quantize_blocks(arr, cfg.weights, cfg.chunk_rows))
+            del arr
+        info["seconds"] = round(time.time() - t0, 2)
+        report["layers"].append(info)
+        progress(f"stream: layer {i + 1}/{spec.n_layers} in {info['seconds']:.1f} s, "
+                 f"peak RSS {peak_rss_bytes() / 2**30:.2f} GiB")
+
+    put(ck.read("model.norm.weight"))
+    if not spec.tie_embeddings:
+        head = "lm_head.weight"
+        blocks = np.empty((vocab, _nbytes((1, spec.dim), cfg.head)), dtype=np.uint8)
         for r0 in range(0, vocab, step):
-            blocks[r0:r0 + step] = quantize_blocks(ck.read(emb, slice(r0, r0 + step)), cfg.weights, cfg.chunk_rows)
+            blocks[r0:r0 + step] = quantize_blocks(ck.read(head, slice(r0, r0 + step)), cfg.head,
+                                                   cfg.chunk_rows)
         put(blocks)
         del blocks
-        progress(f"stream: token_embd {vocab}x{spec.dim} -> {cfg.weights} ({time.time() - t_start:.0f} s)")
-
-        x = pos_cos = pos_sin = mask = None
-        if tokens is not None:
-            uniq, inv = np.unique(tokens, return_inverse=True)
-            x = torch.from_numpy(ck.read(emb, uniq)[inv.reshape(tokens.shape)])  # (B, T, dim)
-            T = tokens.shape[1]
-            freqs = torch.arange(T).float()[:, None] * rope_frequencies(spec)[None, :]
-            emb_f = torch.cat((freqs, freqs), dim=-1)
-            pos_cos, pos_sin = emb_f.cos(), emb_f.sin()  # (T, head_dim)
-            mask = torch.ones(T, T, dtype=torch.bool).tril()
-
-        for i in range(spec.n_layers):
-            t0 = time.time()
-            ws = {leaf: ck.read(_HF.format(i=i, leaf=leaf)) for leaf in _LAYER}
-            info = {"layer": i}
-            if x is not None:
-                x, info["awq"] = _calibrate_layer(spec, i, ws, x, pos_cos, pos_sin, mask, cfg, DecoderLayer)
-            ws["self_attn.q_proj.weight"] = ws["self_attn.q_proj.weight"][_row_perm(spec.q_dim, spec.n_heads)]
-            ws["self_attn.k_proj.weight"] = ws["self_attn.k_proj.weight"][_row_perm(spec.kv_dim, spec.n_kv_heads)]
-            for leaf in _LAYER:
-                arr = ws.pop(leaf)
-                put(arr if arr.ndim == 1 else quantize_blocks(arr, cfg.weights, cfg.chunk_rows))
-                del arr
-            info["seconds"] = round(time.time() - t0, 2)
-            report["layers"].append(info)
-            progress(f"stream: layer {i + 1}/{spec.n_layers} in {info['seconds']:.1f} s, "
-                     f"peak RSS {peak_rss_bytes() / 2**30:.2f} GiB")
-
-        put(ck.read("model.norm.weight"))
-        if not spec.tie_embeddings:
-            head = "lm_head.weight"
-            blocks = np.empty((vocab, _nbytes((1, spec.dim), cfg.head)), dtype=np.uint8)
-            for r0 in range(0, vocab, step):
-                blocks[r0:r0 + step] = quantize_blocks(ck.read(head, slice(r0, r0 + step)), cfg.head,
-                                                       cfg.chunk_rows)
-            put(blocks)
-            del blocks
-        w.close()
-        tmp.replace(out)
-    except BaseException:
-        w.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    report.update({"path": str(out), "bytes": out.stat().st_size, "seconds": round(time.time() - t_start, 1),
-                   "peak_rss_bytes": peak_rss_bytes(), "padded_tokens": padded,
-                   "calib": prov["calib"]})
-    return report
+    return prov
 
 
 def _calibrate_layer(spec, i: int, ws: dict, x, cos, sin, mask, cfg: StreamConfig, DecoderLayer):

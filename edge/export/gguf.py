@@ -1,42 +1,65 @@
-"""Write a model as a llama-architecture GGUF that llama.cpp runs.
+"""Write a model as a GGUF that llama.cpp runs, under llama.cpp's own name for its architecture.
 
 Quantized tensors are written from their stored codes and scales (``QuantizedModel.tensors``),
-block for block, never re-rounded; the rest in f32 (or f16). Tokenizer metadata (tokens, merges,
-token types, pre-tokenizer, special ids, chat template) and the ``general.*`` keys are copied from
-a source GGUF; the architecture keys are written from the ModelSpec; the recipe and provenance go
-in as ``edge.*`` key/values. Same inputs, same bytes: nothing time- or host-dependent is written.
-The file appears only when complete (written to ``<path>.tmp``, then renamed).
+block for block, never re-rounded; the rest in f32 (or f16). The tokenizer metadata (tokens,
+merges or scores, token types, pre-tokenizer, special ids, chat template) is either copied from a
+source GGUF or converted from a checkpoint directory's ``tokenizer.json``
+(``edge.model.tokenizer.gguf_vocab_from_hf``); the architecture keys are written from the ModelSpec;
+the recipe and provenance go in as ``edge.*`` key/values. Same inputs, same bytes: nothing time- or
+host-dependent is written. The file appears only when complete (written to ``<path>.tmp``, then
+renamed).
 
     from edge.export.gguf import export_gguf
-    export_gguf(model, quantized, "out/model.gguf", tokenizer_gguf=builtin_path("smollm2-135m"),
-                provenance={"calib": dataset_hash(cfg)})
+    export_gguf(model, quantized, "out/model.gguf", tokenizer_gguf=builtin_path("smollm2-135m"))
+    export_gguf(model, None, "out/model.gguf", tokenizer_dir="ckpt/Qwen3-0.6B")
 
-llama.cpp keeps attn_q/attn_k rows in its interleaved-RoPE order; we permute our rotate-half rows
-into it (the inverse of what edge.model.gguf does on load). Blocks run along rows, so permuting
-the rows of packed blocks is exact.
+This module is the one GGUF vocabulary of the writers (``export_gguf`` and ``edge.stream``): tensor
+names, the q/k row permutation, file types, architecture keys, tokenizer fields, atomic writing.
+llama.cpp ropes some architectures in adjacent pairs (``GGUFArch.interleaved_rope``: llama, smollm3)
+and keeps attn_q/attn_k rows in that order; we permute our rotate-half rows into it (the inverse of
+what edge.model.gguf does on load). Blocks run along rows, so permuting the rows of packed blocks
+is exact.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from edge.errors import ConfigError, ModelLoadError
-from edge.model.gguf import EXPERT_TENSORS, GLOBAL_TENSORS, LAYER_TENSORS
+from edge.model.gguf import EXPERT_TENSORS, GGUF_ARCHS, GLOBAL_TENSORS, VECTOR_TENSORS, GGUFArch
 
-# our parameter name -> GGUF name (inverses of the loader's tables)
-_LAYER_OUT = {v: k for k, v in LAYER_TENSORS.items()}
 _GLOBAL_OUT = {v: k for k, v in GLOBAL_TENSORS.items()}
 _EXPERT_OUT = {v: k for k, v in EXPERT_TENSORS.items()}
 
 # majority GGML type of the linear weights -> general.file_type (llama.h LLAMA_FTYPE_*)
 FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q5_0": 8}
 
-# keys written from the spec, or by the writer, rather than copied from the source
-_NOT_COPIED = ("GGUF.", "general.architecture", "general.file_type", "general.quantization_version", "llama.")
+
+def gguf_arch(spec) -> GGUFArch:
+    """llama.cpp's description of ``spec``'s architecture; a one-line error for what it cannot run."""
+    ga = GGUF_ARCHS.get(spec.arch)
+    if ga is None:
+        raise ConfigError(f"GGUF export: architecture {spec.arch} has no llama.cpp equivalent here; "
+                          f"supported: {', '.join(GGUF_ARCHS)} (the ONNX and .pte exports take it)")
+    if spec.is_moe:
+        if ga.moe_weights_normalized is not None and ga.moe_weights_normalized != spec.norm_topk_prob:
+            raise ConfigError(f"GGUF export: llama.cpp's {ga.name} {'always' if ga.moe_weights_normalized else 'never'}"
+                              f" renormalises the top-k expert weights, and this model has norm_topk_prob="
+                              f"{spec.norm_topk_prob}")
+        if ga.name != "llama" and len(spec.moe_layers) != spec.n_layers:
+            raise ConfigError(f"GGUF export: llama.cpp's {ga.name} needs experts in every layer; this model has "
+                              f"them in {len(spec.moe_layers)} of {spec.n_layers}")
+    if spec.shared_expert_ffn_dim and ga.name != "qwen2moe":
+        raise ConfigError(f"GGUF export: llama.cpp's {ga.name} has no shared expert")
+    if spec.qkv_bias and ga.name == "llama":
+        raise ConfigError("GGUF export: q/k/v bias on the llama architecture is not supported")
+    return ga
 
 
 def _row_perm(rows: int, n_head: int) -> np.ndarray:
@@ -45,20 +68,50 @@ def _row_perm(rows: int, n_head: int) -> np.ndarray:
     return idx.reshape(n_head, 2, rows // n_head // 2).swapaxes(1, 2).reshape(rows)
 
 
-def gguf_name(ours: str) -> tuple[str, int | None]:
+def qk_heads(name: str, spec) -> int | None:
+    """Heads of a q/k projection (weight or bias) whose rows llama.cpp wants interleaved, else None."""
+    if name.endswith(("q_proj.weight", "q_proj.bias")):
+        return spec.n_heads
+    if name.endswith(("k_proj.weight", "k_proj.bias")):
+        return spec.n_kv_heads
+    return None
+
+
+def gguf_name(ours: str, spec=None) -> tuple[str, int | None]:
     """(GGUF tensor name, expert index or None) for one of our parameter names."""
+    ga = gguf_arch(spec) if spec is not None else GGUF_ARCHS["llama"]
     if ours in _GLOBAL_OUT:
         return _GLOBAL_OUT[ours], None
+    layer_out = {v: k for k, v in ga.tensors().items()}
     parts = ours.split(".")
     if parts[0] == "layers":
         i, rest = parts[1], ".".join(parts[2:])
-        if rest in _LAYER_OUT:
-            return f"blk.{i}.{_LAYER_OUT[rest]}", None
+        if rest in layer_out:
+            return f"blk.{i}.{layer_out[rest]}", None
         if rest.startswith("mlp.experts."):
             e, leaf = rest.split(".")[2], ".".join(rest.split(".")[3:])
             if leaf in _EXPERT_OUT:
                 return f"blk.{i}.{_EXPERT_OUT[leaf]}", int(e)
-    raise ConfigError(f"parameter '{ours}' has no GGUF name in the llama layout (shared experts are not supported)")
+    raise ConfigError(f"parameter '{ours}' has no GGUF name in llama.cpp's {ga.name} layout")
+
+
+@contextmanager
+def atomic_gguf(path: str | Path, arch: str) -> Iterator:
+    """A gguf.GGUFWriter on ``<path>.tmp``, renamed to ``path`` when the block ends without error and
+    deleted when it raises: a reader never sees a half-written GGUF."""
+    import gguf
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    w = gguf.GGUFWriter(str(tmp), arch=arch)
+    try:
+        yield w
+        w.close()
+        tmp.replace(path)
+    except BaseException:
+        w.close()
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # GGUF value type id -> struct format (gguf-py GGUFValueType); 8 = string, 9 = array
@@ -66,8 +119,10 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 
 
 def _source_fields(path: Path):
-    """The key/values of a GGUF header to copy, with their types; strings kept as raw bytes so the
-    copy is exact. A direct parse: gguf-py's reader takes ~10 s on a 49k-token vocabulary."""
+    """The tokenizer and general key/values of a GGUF header to copy, with their types; strings kept
+    as raw bytes so the copy is exact. Architecture keys (under the source's architecture name) and
+    what the writer sets itself are left out. A direct parse: gguf-py's reader takes ~10 s on a
+    49k-token vocabulary."""
     import struct
 
     import gguf
@@ -102,6 +157,7 @@ def _source_fields(path: Path):
         if version < 2:
             raise ModelLoadError(f"{path}: GGUF version {version} is too old to copy metadata from")
         read("<Q")  # tensor count
+        arch = None
         for _ in range(read("<Q")):
             key = read_str().decode("utf-8")
             t = read("<I")
@@ -109,7 +165,10 @@ def _source_fields(path: Path):
             sub = None
             if t == 9:
                 v, sub = v
-            if key.startswith(_NOT_COPIED):
+            if key == "general.architecture":
+                arch = v.decode("utf-8")
+            if key.startswith(("GGUF.", "edge.", "general.architecture", "general.file_type",
+                               "general.quantization_version")) or (arch and key.startswith(arch + ".")):
                 continue
             out.append((key, v, gguf.GGUFValueType(t), gguf.GGUFValueType(sub) if sub is not None else None))
     if not any(k == "tokenizer.ggml.tokens" for k, *_ in out):
@@ -117,84 +176,156 @@ def _source_fields(path: Path):
     return out
 
 
-def export_gguf(model, quantized, path: str | Path, *, tokenizer_gguf: str | Path,
-                provenance: dict | None = None, float_type: str = "f32") -> Path:
-    """Write ``model`` (with ``quantized``'s codes where it has them) to ``path`` as GGUF."""
+def _kv_type(key: str, val):
+    """GGUF value type (and array item type) of a tokenizer/general key: llama.cpp checks them strictly."""
+    from gguf import GGUFValueType as V
+
+    known = {"tokenizer.ggml.tokens": (V.ARRAY, V.STRING), "tokenizer.ggml.merges": (V.ARRAY, V.STRING),
+             "tokenizer.ggml.token_type": (V.ARRAY, V.INT32), "tokenizer.ggml.scores": (V.ARRAY, V.FLOAT32)}
+    if key in known:
+        return known[key]
+    if isinstance(val, list):
+        item = val[0] if val else ""
+        return V.ARRAY, _kv_type("", item)[0]
+    if isinstance(val, bool):
+        return V.BOOL, None
+    if isinstance(val, int):
+        return (V.UINT32 if val >= 0 else V.INT32), None
+    if isinstance(val, float):
+        return V.FLOAT32, None
+    return V.STRING, None
+
+
+def tokenizer_fields(n_vocab: int, *, tokenizer_gguf: str | Path | None = None,
+                     tokenizer_dir: str | Path | None = None) -> tuple[list, dict, int]:
+    """The tokenizer (and general.*) key/values to write for a model of ``n_vocab`` embedding rows.
+
+    From a source GGUF (copied exactly) or a checkpoint directory's tokenizer.json (converted).
+    A tokenizer smaller than the embedding is padded with unused filler tokens, as llama.cpp needs one
+    token per row. Returns ([(key, value, type, item type)], {key: python value}, tokens padded).
+    """
+    if (tokenizer_gguf is None) == (tokenizer_dir is None):
+        raise ConfigError("GGUF export needs one tokenizer source: tokenizer_gguf (a GGUF to copy it from) "
+                          "or tokenizer_dir (a checkpoint directory with tokenizer.json)")
+    if tokenizer_gguf is not None:
+        fields = _source_fields(Path(tokenizer_gguf))
+        src = str(tokenizer_gguf)
+    else:
+        from edge.model.tokenizer import gguf_vocab_from_hf
+
+        vocab = gguf_vocab_from_hf(tokenizer_dir)
+        fields = [(k, v, *_kv_type(k, v)) for k, v in vocab.fields().items()]
+        src = str(Path(tokenizer_dir) / "tokenizer.json")
+    n_tok = len(next(v for k, v, *_ in fields if k == "tokenizer.ggml.tokens"))
+    if n_tok > n_vocab:
+        raise ConfigError(f"{src}: the tokenizer has {n_tok} tokens, more than the model's {n_vocab} embedding "
+                          "rows; give the tokenizer the model was trained with")
+    pad = n_vocab - n_tok
+    filler = {"tokenizer.ggml.tokens": [f"<|edge_unused_{i}|>" for i in range(pad)],
+              "tokenizer.ggml.token_type": [5] * pad,  # UNUSED
+              "tokenizer.ggml.scores": [-1e9] * pad}
+    out, meta = [], {}
+    for key, val, vtype, sub in fields:
+        if pad and key in filler:
+            add = filler[key]
+            if val and isinstance(val[0], bytes):
+                add = [t.encode("utf-8") for t in add]
+            val = list(val) + add
+        out.append((key, val, vtype, sub))
+        meta[key] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in val] \
+            if isinstance(val, list) else (val.decode("utf-8", "replace") if isinstance(val, bytes) else val)
+    return out, meta, pad
+
+
+def export_gguf(model, quantized, path: str | Path, *, tokenizer_gguf: str | Path | None = None,
+                tokenizer_dir: str | Path | None = None, provenance: dict | None = None,
+                float_type: str = "f32") -> Path:
+    """Write ``model`` (with ``quantized``'s codes where it has them) to ``path`` as GGUF.
+
+    The tokenizer comes from ``tokenizer_gguf`` (a GGUF, copied) or ``tokenizer_dir`` (a Hugging Face
+    checkpoint directory: tokenizer.json, tokenizer_config.json, chat template; converted).
+    """
     import gguf
 
     if float_type not in ("f32", "f16"):
         raise ConfigError(f"float_type '{float_type}' is not one of f32, f16")
     spec = model.spec
-    if spec.arch not in ("llama", "mistral", "mixtral") or spec.qkv_bias:
-        raise ConfigError(f"GGUF export writes the llama architecture; {spec.arch} "
-                          f"{'with q/k/v bias ' if spec.qkv_bias else ''}is not supported")
+    ga = gguf_arch(spec)
+    meta = arch_keys(spec)  # refuses what llama.cpp cannot compute before anything is written
+    fields, _, padded = tokenizer_fields(spec.vocab_size, tokenizer_gguf=tokenizer_gguf, tokenizer_dir=tokenizer_dir)
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     tensors = dict(quantized.tensors) if quantized is not None else {}
     float_fmt = dict(quantized.info.get("float_tensors", {})) if quantized is not None else {}
 
-    w = gguf.GGUFWriter(str(tmp), arch="llama")
-    for key, val, vtype, sub in _source_fields(Path(tokenizer_gguf)):
-        w.add_key_value(key, val, vtype, sub_type=sub)
-    meta = llama_arch_keys(spec)
-    for key, (val, vtype) in meta.items():
-        w.add_key_value(key, val, vtype)
+    with atomic_gguf(path, ga.name) as w:
+        if tokenizer_gguf is None and spec.name:
+            w.add_key_value("general.name", spec.name, gguf.GGUFValueType.STRING)
+        for key, val, vtype, sub in fields:
+            w.add_key_value(key, val, vtype, sub_type=sub)
+        for key, (val, vtype) in meta.items():
+            w.add_key_value(key, val, vtype)
 
-    written: dict[str, str] = {}
-    stacked: dict[str, list] = {}
-    params = [(n, p) for n, p in model.named_parameters() if not (spec.tie_embeddings and n == "lm_head.weight")]
-    for name, p in params:
-        gname, expert = gguf_name(name)
-        qt = tensors.get(name)
-        if qt is not None:
-            qt = _permute_qk(name, qt, spec)
-            data, raw = qt.gguf_bytes() if qt.fmt.ggml_type else None, qt.fmt.ggml_type
-            if data is None or raw in ("F32", "F16"):
-                raise ConfigError(f"tensor '{name}' is {qt.fmt.name}, which has no GGUF block layout; "
-                                  "GGUF formats: q8_0, q5_0, q4_0 (use the .pte/.onnx exporters for int4/int8)")
-            item = (data, gguf.GGMLQuantizationType[raw])
-        else:
-            arr = p.detach().float().cpu().numpy()
-            if name.endswith("q_proj.weight"):
-                arr = arr[_row_perm(arr.shape[0], spec.n_heads)]
-            elif name.endswith("k_proj.weight"):
-                arr = arr[_row_perm(arr.shape[0], spec.n_kv_heads)]
-            ftype = float_fmt.get(name, float_type if arr.ndim > 1 else "f32")  # norms stay f32
-            arr = np.ascontiguousarray(arr, dtype=np.float16 if ftype == "f16" else np.float32)
-            item = (arr, None)
-        if expert is not None:
-            stacked.setdefault(gname, []).append((expert, item))
-        else:
-            _add(w, gname, item)
-            written[gname] = item[1].name if item[1] is not None else ("F16" if item[0].dtype == np.float16 else "F32")
-    for gname, items in stacked.items():
-        items.sort(key=lambda t: t[0])
-        types = {it[1][1] for it in items}
-        if len(types) != 1:
-            raise ConfigError(f"experts of '{gname}' have mixed formats {sorted(str(t) for t in types)}; "
-                              "GGUF stacks them in one tensor: give them one format")
-        _add(w, gname, (np.stack([it[1][0] for it in items]), items[0][1][1]))
-        written[gname] = items[0][1][1].name if items[0][1][1] is not None else "F32"
+        written: dict[str, str] = {}
+        stacked: dict[str, list] = {}
+        params = list(model.named_parameters())
+        if spec.tie_embeddings:
+            params = [(n, p) for n, p in params if n != "lm_head.weight"]
+            if ga.needs_output:  # llama.cpp wants the head as its own tensor: the embedding, again
+                params.append(("lm_head.weight", model.embed_tokens.weight))
+                tensors.setdefault("lm_head.weight", tensors.get("embed_tokens.weight"))
+                if tensors["lm_head.weight"] is None:
+                    del tensors["lm_head.weight"]
+        for name, p in params:
+            gname, expert = gguf_name(name, spec)
+            heads = qk_heads(name, spec) if ga.interleaved_rope else None
+            qt = tensors.get(name)
+            if qt is not None:
+                if heads:
+                    qt = qt.permute_rows(_row_perm(qt.shape[0], heads))
+                data, raw = qt.gguf_bytes() if qt.fmt.ggml_type else None, qt.fmt.ggml_type
+                if data is None or raw in ("F32", "F16"):
+                    raise ConfigError(f"tensor '{name}' is {qt.fmt.name}, which has no GGUF block layout; "
+                                      "GGUF formats: q8_0, q5_0, q4_0 (use the .pte/.onnx exporters for int4/int8)")
+                item = (data, gguf.GGMLQuantizationType[raw])
+            else:
+                arr = p.detach().float().cpu().numpy()
+                if heads:
+                    arr = arr[_row_perm(arr.shape[0], heads)]
+                if gname.endswith(VECTOR_TENSORS):
+                    arr = arr.reshape(-1)
+                ftype = float_fmt.get(name, float_type if arr.ndim > 1 else "f32")  # norms stay f32
+                arr = np.ascontiguousarray(arr, dtype=np.float16 if ftype == "f16" else np.float32)
+                item = (arr, None)
+            if expert is not None:
+                stacked.setdefault(gname, []).append((expert, item))
+            else:
+                _add(w, gname, item)
+                written[gname] = item[1].name if item[1] is not None else ("F16" if item[0].dtype == np.float16
+                                                                            else "F32")
+        for gname, items in stacked.items():
+            items.sort(key=lambda t: t[0])
+            types = {it[1][1] for it in items}
+            if len(types) != 1:
+                raise ConfigError(f"experts of '{gname}' have mixed formats {sorted(str(t) for t in types)}; "
+                                  "GGUF stacks them in one tensor: give them one format")
+            _add(w, gname, (np.stack([it[1][0] for it in items]), items[0][1][1]))
+            written[gname] = items[0][1][1].name if items[0][1][1] is not None else "F32"
 
-    linear_types = Counter(t for n, t in written.items() if n.startswith("blk.") and not n.endswith("norm.weight"))
-    main = linear_types.most_common(1)[0][0] if linear_types else "F32"
-    w.add_key_value("general.file_type", FILE_TYPES.get(main, 0), gguf.GGUFValueType.UINT32)
-    w.add_key_value("general.quantization_version", 2, gguf.GGUFValueType.UINT32)
-    if quantized is not None:
-        w.add_key_value("edge.recipe", quantized.recipe.to_json(), gguf.GGUFValueType.STRING)
-    if provenance:
-        w.add_key_value("edge.provenance", json.dumps(provenance, sort_keys=True, default=str),
-                        gguf.GGUFValueType.STRING)
-    try:
+        linear_types = Counter(t for n, t in written.items() if n.startswith("blk.") and not n.endswith("norm.weight"))
+        main = linear_types.most_common(1)[0][0] if linear_types else "F32"
+        w.add_key_value("general.file_type", FILE_TYPES.get(main, 0), gguf.GGUFValueType.UINT32)
+        w.add_key_value("general.quantization_version", 2, gguf.GGUFValueType.UINT32)
+        if spec.tie_embeddings and ga.needs_output:
+            w.add_key_value("edge.tied_output", True, gguf.GGUFValueType.BOOL)
+        if quantized is not None:
+            w.add_key_value("edge.recipe", quantized.recipe.to_json(), gguf.GGUFValueType.STRING)
+        if provenance or padded:
+            prov = dict(provenance or {}) | ({"padded_tokens": padded} if padded else {})
+            w.add_key_value("edge.provenance", json.dumps(prov, sort_keys=True, default=str),
+                            gguf.GGUFValueType.STRING)
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
-        w.close()
-        tmp.replace(path)
-    except BaseException:
-        w.close()
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -206,36 +337,34 @@ def _add(w, gname: str, item) -> None:
         w.add_tensor(gname, data, raw_dtype=raw)
 
 
-def _permute_qk(name: str, qt, spec):
-    if name.endswith("q_proj.weight"):
-        return qt.permute_rows(_row_perm(qt.shape[0], spec.n_heads))
-    if name.endswith("k_proj.weight"):
-        return qt.permute_rows(_row_perm(qt.shape[0], spec.n_kv_heads))
-    return qt
-
-
-def llama_arch_keys(spec) -> dict:
-    """GGUF `llama.*` hyperparameter keys for ``spec`` (shared with edge.stream's streaming writer)."""
+def arch_keys(spec) -> dict:
+    """The ``{arch}.*`` hyperparameter keys llama.cpp reads for ``spec``'s architecture, with their
+    GGUF types (shared with edge.stream's streaming writer)."""
     from gguf import GGUFValueType as V
 
+    a = gguf_arch(spec).name
     keys = {
-        "llama.context_length": (spec.max_seq_len, V.UINT32),
-        "llama.embedding_length": (spec.dim, V.UINT32),
-        "llama.block_count": (spec.n_layers, V.UINT32),
-        "llama.feed_forward_length": (spec.ffn_dim, V.UINT32),
-        "llama.attention.head_count": (spec.n_heads, V.UINT32),
-        "llama.attention.head_count_kv": (spec.n_kv_heads, V.UINT32),
-        "llama.rope.freq_base": (float(spec.rope_theta), V.FLOAT32),
-        "llama.attention.layer_norm_rms_epsilon": (float(spec.norm_eps), V.FLOAT32),
-        "llama.vocab_size": (spec.vocab_size, V.UINT32),
-        "llama.rope.dimension_count": (spec.head_dim, V.UINT32),
+        f"{a}.context_length": (spec.max_seq_len, V.UINT32),
+        f"{a}.embedding_length": (spec.dim, V.UINT32),
+        f"{a}.block_count": (spec.n_layers, V.UINT32),
+        f"{a}.feed_forward_length": (spec.ffn_dim, V.UINT32),
+        f"{a}.attention.head_count": (spec.n_heads, V.UINT32),
+        f"{a}.attention.head_count_kv": (spec.n_kv_heads, V.UINT32),
+        f"{a}.rope.freq_base": (float(spec.rope_theta), V.FLOAT32),
+        f"{a}.attention.layer_norm_rms_epsilon": (float(spec.norm_eps), V.FLOAT32),
+        f"{a}.vocab_size": (spec.vocab_size, V.UINT32),
+        f"{a}.rope.dimension_count": (spec.head_dim, V.UINT32),
     }
     if spec.head_dim != spec.dim // spec.n_heads:
-        keys["llama.attention.key_length"] = (spec.head_dim, V.UINT32)
-        keys["llama.attention.value_length"] = (spec.head_dim, V.UINT32)
+        keys[f"{a}.attention.key_length"] = (spec.head_dim, V.UINT32)
+        keys[f"{a}.attention.value_length"] = (spec.head_dim, V.UINT32)
     if spec.n_experts:
-        keys["llama.expert_count"] = (spec.n_experts, V.UINT32)
-        keys["llama.expert_used_count"] = (spec.n_experts_per_tok, V.UINT32)
+        keys[f"{a}.expert_count"] = (spec.n_experts, V.UINT32)
+        keys[f"{a}.expert_used_count"] = (spec.n_experts_per_tok, V.UINT32)
+        if a != "llama":
+            keys[f"{a}.expert_feed_forward_length"] = (spec.moe_ffn_dim, V.UINT32)
+        if spec.shared_expert_ffn_dim:
+            keys[f"{a}.expert_shared_feed_forward_length"] = (spec.shared_expert_ffn_dim, V.UINT32)
     if spec.rope_scaling is not None:
         raise ConfigError("GGUF export of Llama-3 RoPE scaling (rope_freqs) is not implemented yet")
     return keys

@@ -20,9 +20,8 @@ import numpy as np
 from edge.errors import ModelLoadError, UnsupportedArchitecture
 from edge.model.spec import ModelSpec
 
-SUPPORTED_GGUF_ARCHS = ("llama",)
-
-# GGUF tensor name (after "blk.N.") -> our parameter name (after "layers.N.").
+# GGUF tensor name (after "blk.N.") -> our parameter name (after "layers.N."): the names every
+# architecture shares; GGUFArch.layer_tensors adds or overrides per architecture.
 LAYER_TENSORS: dict[str, str] = {
     "attn_norm.weight": "input_layernorm.weight",
     "attn_q.weight": "self_attn.q_proj.weight",
@@ -37,6 +36,11 @@ LAYER_TENSORS: dict[str, str] = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
     "ffn_gate_inp.weight": "mlp.gate.weight",
+    # shared expert of Qwen2-MoE; its gate is one row (1, dim) for us, a vector (dim,) in GGUF
+    "ffn_gate_shexp.weight": "mlp.shared_expert.gate_proj.weight",
+    "ffn_up_shexp.weight": "mlp.shared_expert.up_proj.weight",
+    "ffn_down_shexp.weight": "mlp.shared_expert.down_proj.weight",
+    "ffn_gate_inp_shexp.weight": "mlp.shared_expert_gate.weight",
 }
 # stacked expert tensors (E, out, in) -> per-expert parameters
 EXPERT_TENSORS: dict[str, str] = {
@@ -49,6 +53,41 @@ GLOBAL_TENSORS: dict[str, str] = {
     "output_norm.weight": "norm.weight",
     "output.weight": "lm_head.weight",
 }
+# GGUF stores these as vectors where we keep a (1, n) matrix
+VECTOR_TENSORS = ("ffn_gate_inp_shexp.weight",)
+
+
+@dataclass(frozen=True)
+class GGUFArch:
+    """How llama.cpp names and computes one of our architectures (src/llama-arch.cpp, src/models/*.cpp)."""
+
+    name: str  # llama.cpp's architecture name: general.architecture and the prefix of its keys
+    interleaved_rope: bool  # llama.cpp ropes adjacent pairs (LLAMA_ROPE_TYPE_NORM): q/k rows are permuted
+    layer_tensors: tuple[tuple[str, str], ...] = ()  # GGUF leaf -> our leaf, over LAYER_TENSORS
+    needs_output: bool = False  # llama.cpp requires output.weight even when the embedding is tied
+    moe_weights_normalized: bool | None = None  # MoE: whether llama.cpp renormalises the top-k weights
+
+    def tensors(self) -> dict[str, str]:
+        return LAYER_TENSORS | dict(self.layer_tensors)
+
+
+# our ModelSpec.arch -> llama.cpp's architecture. Mistral and Mixtral are llama in llama.cpp;
+# the rope type of each is llama.cpp's llama_model_rope_type.
+GGUF_ARCHS: dict[str, GGUFArch] = {
+    "llama": GGUFArch("llama", interleaved_rope=True),
+    "mistral": GGUFArch("llama", interleaved_rope=True),
+    "mixtral": GGUFArch("llama", interleaved_rope=True, moe_weights_normalized=True),
+    "qwen2": GGUFArch("qwen2", interleaved_rope=False),
+    "qwen2_moe": GGUFArch("qwen2moe", interleaved_rope=False, needs_output=True, moe_weights_normalized=False),
+}
+SUPPORTED_GGUF_ARCHS = tuple(dict.fromkeys(a.name for a in GGUF_ARCHS.values()))
+
+
+def our_arch(gguf_arch: str, n_experts: int) -> str:
+    """Our ModelSpec.arch for a GGUF's general.architecture (llama with experts is Mixtral)."""
+    if gguf_arch == "llama":
+        return "mixtral" if n_experts else "llama"
+    return next(k for k, v in GGUF_ARCHS.items() if v.name == gguf_arch)
 
 
 @dataclass(frozen=True)
@@ -175,7 +214,7 @@ def read_metadata(reader) -> dict[str, Any]:
     return out
 
 
-def _spec_from_meta(meta: dict, path: Path, n_vocab_tensor: int | None, has_output: bool) -> ModelSpec:
+def _spec_from_meta(meta: dict, path: Path, n_vocab_tensor: int | None, names: set[str]) -> ModelSpec:
     arch = meta.get("general.architecture")
     if arch not in SUPPORTED_GGUF_ARCHS:
         raise UnsupportedArchitecture(
@@ -189,28 +228,44 @@ def _spec_from_meta(meta: dict, path: Path, n_vocab_tensor: int | None, has_outp
             raise ModelLoadError(f"{path}: GGUF metadata lacks '{arch}.{key}'; the file is incomplete")
         return v
 
+    def get(key, default=None):
+        v = meta.get(f"{arch}.{key}")
+        return default if v is None else v
+
     dim = int(need("embedding_length"))
     n_heads = int(need("attention.head_count"))
-    n_exp = int(meta.get(f"{arch}.expert_count") or 0)
-    vocab = meta.get(f"{arch}.vocab_size") or n_vocab_tensor or len(meta.get("tokenizer.ggml.tokens", []))
+    n_exp = int(get("expert_count", 0))
+    ours = our_arch(arch, n_exp)
+    vocab = get("vocab_size") or n_vocab_tensor or len(meta.get("tokenizer.ggml.tokens", []))
     ffn = int(need("feed_forward_length"))
+    n_layers = int(need("block_count"))
+    kw: dict[str, Any] = {}
+    if n_exp:
+        kw = dict(n_experts=n_exp, n_experts_per_tok=int(get("expert_used_count", 0)),
+                  moe_ffn_dim=int(get("expert_feed_forward_length", ffn)),
+                  norm_topk_prob=GGUF_ARCHS[ours].moe_weights_normalized is not False)
+        shexp = int(get("expert_shared_feed_forward_length", 0))
+        if shexp or "blk.0.ffn_gate_shexp.weight" in names:
+            kw.update(shared_expert_ffn_dim=shexp or ffn, shared_expert_gate="blk.0.ffn_gate_inp_shexp.weight" in names)
+        kw["moe_layers"] = tuple(i for i in range(n_layers) if f"blk.{i}.ffn_gate_inp.weight" in names)
+    # a tied embedding: llama.cpp-required output.weight written as a copy still counts as tied
+    tied = "output.weight" not in names or bool(meta.get("edge.tied_output"))
     return ModelSpec(
-        arch="mixtral" if n_exp else "llama",
+        arch=ours,
         vocab_size=int(vocab),
         dim=dim,
-        n_layers=int(need("block_count")),
+        n_layers=n_layers,
         n_heads=n_heads,
-        n_kv_heads=int(meta.get(f"{arch}.attention.head_count_kv") or n_heads),
+        n_kv_heads=int(get("attention.head_count_kv", n_heads)),
         ffn_dim=ffn,
-        head_dim=int(meta.get(f"{arch}.attention.key_length") or dim // n_heads),
+        head_dim=int(get("attention.key_length", dim // n_heads)),
         norm_eps=float(need("attention.layer_norm_rms_epsilon")),
-        rope_theta=float(meta.get(f"{arch}.rope.freq_base") or 10000.0),
-        max_seq_len=int(meta.get(f"{arch}.context_length") or 2048),
-        tie_embeddings=not has_output,
-        n_experts=n_exp,
-        n_experts_per_tok=int(meta.get(f"{arch}.expert_used_count") or 0),
-        moe_ffn_dim=int(meta.get(f"{arch}.expert_feed_forward_length") or ffn) if n_exp else 0,
+        rope_theta=float(get("rope.freq_base", 10000.0)),
+        max_seq_len=int(get("context_length", 2048)),
+        tie_embeddings=tied,
+        qkv_bias="blk.0.attn_q.bias" in names,
         name=str(meta.get("general.name") or path.stem),
+        **kw,
     )
 
 
@@ -220,7 +275,7 @@ def read_gguf_spec(path: str | Path) -> ModelSpec:
     names = {t.name: t for t in reader.tensors}
     emb = names.get("token_embd.weight")
     return _spec_from_meta(read_metadata(reader), Path(path), int(emb.shape[1]) if emb is not None else None,
-                           "output.weight" in names)
+                           set(names))
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -253,7 +308,9 @@ def load_gguf(path: str | Path, dtype=None, progress: bool = False):
     meta = reader.metadata
     tensors = {t.name: t for t in reader.tensors}
     emb = tensors.get("token_embd.weight")
-    spec = _spec_from_meta(meta, path, int(emb.shape[1]) if emb is not None else None, "output.weight" in tensors)
+    spec = _spec_from_meta(meta, path, int(emb.shape[1]) if emb is not None else None, set(tensors))
+    ga = GGUF_ARCHS[spec.arch]
+    layer_tensors = ga.tensors()
     with torch.device("meta"):
         model = Transformer(spec)
     expected = {k: v for k, v in model.state_dict().items()}
@@ -268,26 +325,30 @@ def load_gguf(path: str | Path, dtype=None, progress: bool = False):
     for name, t in bar:
         if name == "rope_freqs.weight":  # Llama-3.1 frequency factors, applied below
             continue
+        if name == "output.weight" and spec.tie_embeddings:  # the copy llama.cpp requires of a tied head
+            continue
         if name in GLOBAL_TENSORS:
             ours = [(GLOBAL_TENSORS[name], None)]
         elif name.startswith("blk."):
             _, idx, rest = name.split(".", 2)
-            if rest in LAYER_TENSORS:
-                ours = [(f"layers.{idx}.{LAYER_TENSORS[rest]}", None)]
+            if rest in layer_tensors:
+                ours = [(f"layers.{idx}.{layer_tensors[rest]}", None)]
             elif rest in EXPERT_TENSORS:
                 ours = [(f"layers.{idx}.mlp.experts.{e}.{EXPERT_TENSORS[rest]}", e) for e in range(spec.n_experts)]
             else:
-                raise ModelLoadError(f"{path}: unexpected tensor '{name}' for a llama GGUF (not mapped)")
+                raise ModelLoadError(f"{path}: unexpected tensor '{name}' for a {ga.name} GGUF (not mapped)")
         else:
-            raise ModelLoadError(f"{path}: unexpected tensor '{name}' for a llama GGUF (not mapped)")
+            raise ModelLoadError(f"{path}: unexpected tensor '{name}' for a {ga.name} GGUF (not mapped)")
         try:
             w = _tensor_f32(t)
         except Exception as e:
             raise ModelLoadError(f"{path}: tensor '{name}' could not be read ({e}); the file may be corrupt") from e
-        if name.endswith("attn_q.weight"):
+        if ga.interleaved_rope and name.endswith(("attn_q.weight", "attn_q.bias")):
             w = _unpermute(w, spec.n_heads)
-        elif name.endswith("attn_k.weight"):
+        elif ga.interleaved_rope and name.endswith(("attn_k.weight", "attn_k.bias")):
             w = _unpermute(w, spec.n_kv_heads)
+        if name.endswith(VECTOR_TENSORS):
+            w = w.reshape(1, -1)
         for ours_name, e in ours:
             arr = w[e] if e is not None else w
             exp = expected.get(ours_name)

@@ -1,0 +1,169 @@
+"""Hugging Face checkpoint directory -> GGUF, with the tokenizer converted from tokenizer.json.
+
+Tiny random checkpoints of each architecture llama.cpp runs are written with transformers'
+``save_pretrained`` next to a tokenizer of the kind that family ships (tests/hftokenizers.py). The
+references are someone else's: llama.cpp (llama-cpp-python) loads the GGUF we write and must give
+our logits within 1e-3 at F32, and must split a mixed text (code, accents, Chinese, emoji, digits,
+whitespace runs, a special token) into exactly the ids ``tokenizers`` gives.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+llama_cpp = pytest.importorskip("llama_cpp")
+gguf = pytest.importorskip("gguf")
+
+from edge.errors import ModelLoadError  # noqa: E402
+from tests.hftokenizers import MIXED, byte_level_bpe, gemma_spm  # noqa: E402
+
+VOCAB = 512  # the tokenizers have 480 tokens: the GGUF pads the rest, as Qwen's real files need
+TINY = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            intermediate_size=128, max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=10000.0)
+# architecture -> (transformers class, config class, extra config, tokenizer style)
+ARCHS = {
+    "llama": ("LlamaForCausalLM", "LlamaConfig", dict(tie_word_embeddings=True), "llama3"),
+    "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", dict(tie_word_embeddings=False), "qwen2"),
+}
+LOGIT_TOL = 1e-3
+
+
+def tiny_checkpoint(path, arch: str, seed: int = 0, tokenizer_dir=None):
+    """A random ``arch`` checkpoint with its family's kind of tokenizer, as save_pretrained writes it."""
+    cls, cfg_cls, extra, style = ARCHS[arch]
+    torch.manual_seed(seed)
+    cfg = getattr(transformers, cfg_cls)(**(TINY | extra))
+    model = getattr(transformers, cls)(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)  # Qwen2's q/k/v biases: nonzero, so a misplaced bias shows
+    model.save_pretrained(path)
+    if tokenizer_dir is None:
+        byte_level_bpe(path, style)
+    else:
+        for f in tokenizer_dir.glob("*"):
+            if f.name.startswith(("tokenizer", "chat_template", "special_tokens")):
+                (path / f.name).write_bytes(f.read_bytes())
+    return path
+
+
+@pytest.fixture(scope="module", params=sorted(ARCHS))
+def checkpoint(request, tmp_path_factory):
+    return request.param, tiny_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
+
+
+def _vocab_only(path):
+    return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+
+
+def test_hf_checkpoint_gguf_matches_ours_in_llamacpp(checkpoint, tmp_path):
+    from edge.export.gguf import export_gguf
+    from edge.model.gguf import load_gguf, read_gguf
+    from edge.model.load import load_model
+    from edge.runtime.eager import TorchRunner
+    from edge.runtime.llamacpp import LlamaCppRunner
+
+    arch, ckpt = checkpoint
+    lm = load_model(ckpt)
+    path = export_gguf(lm.model, None, tmp_path / "f32.gguf", tokenizer_dir=ckpt)
+    meta = read_gguf(path).metadata
+    assert meta["general.architecture"] == arch
+
+    tokens = lm.tokenizer.encode(MIXED, add_bos=False)
+    hf = lm.tokenizer.backend.encode(MIXED, add_special_tokens=False).ids
+    assert tokens == hf and len(tokens) > 150
+    assert _vocab_only(path).tokenize(MIXED.encode(), add_bos=False, special=True) == tokens
+
+    got = LlamaCppRunner(path, n_ctx=512, kv_type="f32").logits(tokens)
+    ref = TorchRunner(lm.model).logits(tokens)
+    err = float(np.abs(got - ref).max())
+    assert got.shape == ref.shape == (len(tokens), VOCAB) and err < LOGIT_TOL, err
+
+    back, spec, _ = load_gguf(path)  # our loader reads back what we wrote: same weights, same logits
+    assert spec.arch == lm.spec.arch and spec.tie_embeddings == lm.spec.tie_embeddings
+    assert np.abs(TorchRunner(back).logits(tokens[:32]) - ref[:32]).max() < 1e-4
+
+
+@pytest.mark.parametrize("style", ["qwen2", "llama3", "gemma", "smollm2"])
+def test_tokenizer_json_converts_to_what_llamacpp_splits_alike(style, tmp_path):
+    """Tokenizer-only GGUFs of each kind: llama.cpp's ids equal tokenizers' on MIXED, with and without
+    the BOS the checkpoint's tokenizer adds; the chat template and the specials come along."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from edge.export.gguf import tokenizer_fields
+
+    d = tmp_path / style
+    if style == "gemma":
+        gemma_spm(d, tmp_path / "spm")
+        want_model, want_pre = "llama", "default"
+    elif style == "smollm2":  # the built-in model's tokenizer, as edge writes it into packages
+        from edge.build import write_tokenizer
+        from edge.model.gguf import read_gguf
+        from edge.model.load import builtin_path
+        from edge.model.tokenizer import Tokenizer
+
+        d.mkdir()
+        src = builtin_path("smollm2-135m")
+        write_tokenizer(Tokenizer.from_gguf_fields(read_gguf(src).metadata, src), d)
+        want_model, want_pre = "gpt2", "smollm"
+    else:
+        byte_level_bpe(d, style)
+        want_model, want_pre = "gpt2", {"qwen2": "qwen2", "llama3": "llama-bpe"}[style]
+    hf = HFTokenizer.from_file(str(d / "tokenizer.json"))
+    n_vocab = hf.get_vocab_size(with_added_tokens=True) + 7  # padded, as a bigger embedding needs
+    fields, meta, padded = tokenizer_fields(n_vocab, tokenizer_dir=d)
+    assert padded == 7 and len(meta["tokenizer.ggml.tokens"]) == n_vocab
+    assert (meta["tokenizer.ggml.model"], meta["tokenizer.ggml.pre"]) == (want_model, want_pre)
+    w = gguf.GGUFWriter(str(tmp_path / "vocab.gguf"), arch="llama")
+    for key, val, vtype, sub in fields:
+        w.add_key_value(key, val, vtype, sub_type=sub)
+    w.add_key_value("llama.vocab_size", n_vocab, gguf.GGUFValueType.UINT32)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    llm = _vocab_only(tmp_path / "vocab.gguf")
+
+    ids = hf.encode(MIXED, add_special_tokens=False).ids
+    assert llm.tokenize(MIXED.encode(), add_bos=False, special=True) == ids
+    with_specials = hf.encode(MIXED).ids  # the post-processor's BOS, where the family adds one
+    assert llm.tokenize(MIXED.encode(), add_bos=meta["tokenizer.ggml.add_bos_token"], special=True) == with_specials
+    assert llm.detokenize(ids, special=True).decode("utf-8") == hf.decode(ids, skip_special_tokens=False)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    eos = cfg.get("eos_token")
+    assert llm.token_eos() == hf.token_to_id(eos["content"] if isinstance(eos, dict) else eos)
+    if style != "smollm2":
+        assert meta["tokenizer.chat_template"] == (cfg.get("chat_template")
+                                                    or (d / "chat_template.jinja").read_text())
+
+
+def _write_tokenizer_json(d, model: dict, pre=None, normalizer=None):
+    d.mkdir(exist_ok=True)
+    (d / "tokenizer.json").write_text(json.dumps({
+        "version": "1.0", "added_tokens": [], "normalizer": normalizer, "pre_tokenizer": pre,
+        "post_processor": None, "decoder": None, "model": model}))
+    return d
+
+
+@pytest.mark.parametrize("kind,model,pre,needle", [
+    ("unigram", {"type": "Unigram", "unk_id": 0, "vocab": [["<unk>", 0.0], ["a", -1.0]]}, None, "Unigram"),
+    ("wordpiece", {"type": "WordPiece", "unk_token": "[UNK]", "vocab": {"[UNK]": 0, "a": 1}}, None, "WordPiece"),
+    ("split", {"type": "BPE", "vocab": {"a": 0}, "merges": []},
+     {"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": "\\p{L}+"}, "behavior": "Isolated",
+                                             "invert": False}, {"type": "ByteLevel", "use_regex": False}]},
+     "\\p{L}+"),
+])
+def test_unconvertible_tokenizer_is_one_line_naming_it(kind, model, pre, needle, tmp_path):
+    from edge.model.tokenizer import gguf_vocab_from_hf
+
+    d = _write_tokenizer_json(tmp_path / kind, model, pre)
+    with pytest.raises(ModelLoadError) as e:
+        gguf_vocab_from_hf(d)
+    msg = str(e.value)
+    assert "\n" not in msg and needle in msg and "ONNX and .pte" in msg and str(d / "tokenizer.json") in msg
