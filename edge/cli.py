@@ -334,16 +334,6 @@ def targets_probe(name: str, out: str | None, repeats: int, rounds: int, as_json
         click.echo(text)
 
 
-def _load_spec(model: str):
-    try:
-        from edge.model.load import load_spec
-    except ImportError:  # the loaders are optional for the simulator: a config.json is enough
-        from edge.model.spec import ModelSpec
-
-        return ModelSpec.from_config_file(model)
-    return load_spec(model)
-
-
 @main.command("simulate")
 @click.option("--model", "model", default="smollm2-135m", show_default=True,
               help="Built-in name, .gguf, checkpoint dir or config.json.")
@@ -370,7 +360,9 @@ def simulate_cmd(model, target, recipe, runtime, prompt_len, gen_len, context, b
                if v is not None})
     if context is None and wl.get("context", 0) < wl.get("prompt_len", 128) + wl.get("gen_len", 64):
         wl["context"] = 0  # the profile's default context is too short for the asked workload: size it to fit
-    res = simulate(_load_spec(model), recipe or t.defaults.recipe or "q4_0", t, runtime=runtime,
+    from edge.model.load import load_spec  # torch-free; a failing import is a broken install, not a fallback
+
+    res = simulate(load_spec(model), recipe or t.defaults.recipe or "q4_0", t, runtime=runtime,
                    workload=Workload(**wl), budgets=list(budgets) if budgets else None)
     if as_json:
         echo_json(res.to_dict())
@@ -460,12 +452,23 @@ def run_cmd(package, prompt, max_tokens, temperature, top_p, backend, chat) -> N
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--junit", type=click.Path(dir_okay=False), default=None, help="Also write a JUnit XML report.")
 @click.option("--max-windows", type=int, default=None, help="Score only the first N held-out windows.")
+@click.option("--reference", default=None, help="The unquantized model to compare against (built-in name or "
+              "path); default: the model the manifest names.")
+@click.option("--allow-missing", is_flag=True, help="Pass even if a check could not run on this machine because "
+              "an optional runtime is not installed (the emulated HTP needs onnxruntime-qnn); such checks are "
+              "still reported as skipped. Without it they fail validation.")
 @friendly
-def validate_cmd(package, budgets, as_json, junit, max_windows) -> None:
-    """Run every artifact against the reference and the budgets; exit 1 on any failure."""
+def validate_cmd(package, budgets, as_json, junit, max_windows, reference, allow_missing) -> None:
+    """Run every artifact against the reference and the budgets; exit 1 on any failure or skipped check."""
     from edge.validate import validate
 
-    rep = validate(package, budgets, max_windows=max_windows)
+    ref = None
+    if reference:
+        from edge.model.load import load_model
+        from edge.runtime.eager import TorchRunner
+
+        ref = TorchRunner(load_model(reference).model).logits
+    rep = validate(package, budgets, reference=ref, max_windows=max_windows, allow_missing=allow_missing)
     if junit:
         with open(junit, "w") as f:
             f.write(rep.to_junit())
@@ -473,8 +476,16 @@ def validate_cmd(package, budgets, as_json, junit, max_windows) -> None:
         echo_json(rep.to_dict())
     else:
         for c in rep.checks:
-            click.echo(f"{'ok  ' if c.ok else 'FAIL'} {c.name}" + (f": {c.value} ({c.limit})" if c.limit else ""))
-        click.echo("validate: " + ("passed" if rep.ok else "FAILED"))
+            if c.skipped:
+                click.echo(f"SKIP {c.name}: {c.detail}")
+            else:
+                click.echo(f"{'ok  ' if c.ok else 'FAIL'} {c.name}" + (f": {c.value} ({c.limit})" if c.limit else ""))
+        n = len(rep.skipped)
+        note = ""
+        if n:
+            note = (f" ({n} check{'s' * (n > 1)} skipped, allowed by --allow-missing)" if allow_missing else
+                    f" ({n} check{'s' * (n > 1)} did not run; install what it names, or pass --allow-missing)")
+        click.echo("validate: " + ("passed" if rep.ok else "FAILED") + note)
     if not rep.ok:
         sys.exit(1)
 

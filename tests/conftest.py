@@ -1,8 +1,11 @@
-"""Shared fixtures: the built-in model (loaded once per session) and its F32 GGUF for llama.cpp."""
+"""Shared fixtures: the built-in model (loaded once per session) and its F32 GGUF for llama.cpp.
+Skips other than tests/skip_policy.py's short allow-list fail the run."""
 
 from __future__ import annotations
 
 import pytest
+
+pytest_plugins = ["tests.skip_policy", "pytester"]
 
 
 @pytest.fixture(scope="session")

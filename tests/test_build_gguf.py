@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 
+import gguf
 import numpy as np
 import pytest
-
-pytest.importorskip("llama_cpp")
-gguf = pytest.importorskip("gguf")
 
 CFG = dict(max_seq=64, calib_samples=4, calib_seq=32, eval_window=32, eval_windows=2)
 

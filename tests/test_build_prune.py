@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-pytest.importorskip("llama_cpp")
-
 CFG = dict(max_seq=64, calib_samples=4, calib_seq=32, eval_window=32, eval_windows=2)
 PRUNE = "prune:\n  ffn_dim: 64\n  n_heads: 2\n  calib_samples: 4\n  seq_len: 32\n"  # activation importance
 TOKENS = [1, 5, 9, 200, 3, 77, 12, 40]
@@ -105,7 +103,6 @@ def test_bad_prune_section_is_one_line(tiny, tmp_path, text, says):
 def test_pruned_build_runs_in_onnxruntime_and_executorch(tmp_path, runtime):
     """The pruned shapes (1 of 2 layers, 1 query head per KV group, half the channels) through the ONNX
     and .pte exporters, via edge build; the package's artifact computes the pruned model's logits."""
-    pytest.importorskip({"onnxruntime": "onnxruntime", "executorch-xnnpack": "executorch"}[runtime])
     from edge.build import BuildConfig, build_package
     from edge.prune import prune_loaded, read_build_recipe
     from edge.runtime.eager import TorchRunner

@@ -17,7 +17,6 @@ SMALL = {"max_seq": 64, "calib_samples": 4, "calib_seq": 32, "eval_window": 32, 
 @pytest.fixture(scope="module")
 def tiny_gguf(tmp_path_factory):
     """A tiny random llama GGUF (2 layers, dim 64, byte tokenizer), written by edge.stream."""
-    pytest.importorskip("torch")
     from edge.stream import StreamConfig, llama_config, stream_to_gguf, write_random_checkpoint
     from tests.test_stream import byte_tokenizer_gguf
 
@@ -29,8 +28,6 @@ def tiny_gguf(tmp_path_factory):
 
 
 def test_matrix_on_local_ray_one_entry_failing(tiny_gguf, tmp_path):
-    pytest.importorskip("ray")
-    pytest.importorskip("edge.build")
     m = Matrix(models=(tiny_gguf,), targets=("host-x86-2core", "no-such-target"), recipes=("q8_0",),
                out=tmp_path / "out", cache_root=str(tmp_path / "cache"), build_options=SMALL, code_key="test")
     lines: list[str] = []
@@ -57,7 +54,6 @@ def test_matrix_on_local_ray_one_entry_failing(tiny_gguf, tmp_path):
 
 
 def test_unreachable_address_fails_fast():
-    pytest.importorskip("ray")
     t0 = time.time()
     with pytest.raises(MatrixError, match="unreachable"):
         check_reachable("127.0.0.1:9", timeout_s=2)  # discard port: nothing listens

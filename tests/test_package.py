@@ -9,8 +9,6 @@ import pytest
 
 from tests.tinymodels import tiny_loaded
 
-pytest.importorskip("onnxruntime")
-
 CFG = dict(max_seq=64, calib_samples=8, calib_seq=32, eval_window=32, eval_windows=4)
 
 
@@ -33,7 +31,8 @@ def test_manifest_records_the_build(pkg):
     assert set(m["files"]) == {"model.onnx", "rope.npy", "tokenizer.json", "tokenizer_config.json", "report.md"}
     (art,) = m["artifacts"]
     assert art["format"] == "onnx-opset11" and art["option"] == "qdq-w8a8" and art["runtime"] == "onnxruntime"
-    assert art["accuracy"]["top1_agreement"] > 0.8 and art["accuracy"]["kld_mean"] < 0.05
+    # measured on 128 held-out tokens: top-1 0.984, KLD 3.4e-5
+    assert art["accuracy"]["top1_agreement"] >= 0.95 and art["accuracy"]["kld_mean"] < 4e-5
     assert m["simulated"]["available"] and m["simulated"]["budgets"]
     assert "top-1" in (pkg / "report.md").read_text()
 

@@ -26,11 +26,17 @@ _registered = False
 
 
 def available() -> bool:
-    """True when onnxruntime-qnn is installed (the optional ``edge[qnn]`` extra)."""
+    """True when onnxruntime-qnn is installed (the optional ``edge[qnn]`` extra), False when it is not;
+    an install that is present but fails to import raises (its cause chained) instead of passing as absent."""
+    import importlib.util
+
     try:
         import onnxruntime_qnn  # noqa: F401
-    except ImportError:
-        return False
+    except ImportError as e:
+        if importlib.util.find_spec("onnxruntime_qnn") is None:
+            return False
+        raise ModelLoadError(f"onnxruntime-qnn is installed but does not import ({e}); reinstall it: "
+                             "pip install --force-reinstall 'edge[qnn]'") from e
     return True
 
 

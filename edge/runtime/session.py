@@ -97,6 +97,9 @@ class Session:
             if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
                 yield text[len(shown):]
                 shown = text
+        text = self.tokenizer.decode(done)
+        if text != shown:  # it ended inside a multi-byte character: what generate() returns for it
+            yield text[len(shown):]
 
 
 def load(package_dir: str | Path, backend: str | None = None, threads: int | None = None) -> Session:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from tests.tinymodels import TOKENS, tiny_model
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("executorch")
 
 
 def reference_decode(model, tokens, n_prompt):

@@ -4,11 +4,10 @@ and the same graph on Qualcomm's emulated HTP (onnxruntime-qnn) with the CPU fal
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from tests.tinymodels import tiny_model
-
-onnx = pytest.importorskip("onnx")
 
 CALIB = np.random.default_rng(0).integers(0, 256, (8, 32))  # 8 prefills of one 32-token call each
 

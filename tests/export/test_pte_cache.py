@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from tests.tinymodels import tiny_loaded, tiny_model
-
-pytest.importorskip("executorch")
 
 
 def test_cache_key_follows_weights_config_and_exporter():

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from edge.quant.configs import GPTQConfig, recipe_from_dict  # noqa: E402
-from edge.quant.gptq import asym_target, gptq_quantize, hessian_accumulate  # noqa: E402
-from edge.quant.primitives import FORMATS, rtn  # noqa: E402
-from edge.quant.quantize import quantize  # noqa: E402
-from tests.tinymodels import tiny_model  # noqa: E402
+from edge.quant.configs import GPTQConfig, recipe_from_dict
+from edge.quant.gptq import asym_target, gptq_quantize, hessian_accumulate
+from edge.quant.primitives import FORMATS, rtn
+from edge.quant.quantize import quantize
+from tests.tinymodels import tiny_model
 
 
 def _layer_err(w, w_hat, x):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import gguf
 import numpy as np
 import pytest
+import torch
 
-gguf = pytest.importorskip("gguf")
-torch = pytest.importorskip("torch")
-
-from edge.errors import ConfigError  # noqa: E402
-from edge.quant.primitives import (  # noqa: E402
+from edge.errors import ConfigError
+from edge.quant.primitives import (
     FORMATS,
     check_shape,
     pack_gguf,

@@ -3,15 +3,14 @@ GGUF stacks the experts' quantized blocks, and llama.cpp runs the file with logi
 
 from __future__ import annotations
 
+import gguf
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-gguf = pytest.importorskip("gguf")
-
-from edge.quant.configs import recipe_from_dict  # noqa: E402
-from edge.quant.quantize import quantize  # noqa: E402
-from tests.tinymodels import tiny_model  # noqa: E402
+from edge.quant.configs import recipe_from_dict
+from edge.quant.quantize import quantize
+from tests.tinymodels import tiny_model
 
 GGUF_VOCAB = 49152
 

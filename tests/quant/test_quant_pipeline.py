@@ -10,11 +10,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from edge.quant.configs import PRESETS, load_recipe, recipe_from_dict
 from edge.quant.pipeline import uses_w8a8_scheme
-
-torch = pytest.importorskip("torch")
 
 CALIB = dict(calib="general:1", n_samples=4, seq_len=32)
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import gguf
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-gguf = pytest.importorskip("gguf")
-
-from edge.errors import ConfigError, EdgeError  # noqa: E402
-from edge.quant.configs import load_recipe, recipe_from_dict  # noqa: E402
-from edge.quant.quantize import quantize  # noqa: E402
-from tests.tinymodels import tiny_model  # noqa: E402
+from edge.errors import ConfigError, EdgeError
+from edge.quant.configs import load_recipe, recipe_from_dict
+from edge.quant.quantize import quantize
+from tests.tinymodels import tiny_model
 
 VOCAB = 256
 GGUF_VOCAB = 49152  # the built-in tokenizer's, so llama.cpp accepts the copied tokenizer metadata

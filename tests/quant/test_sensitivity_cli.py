@@ -2,13 +2,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from edge.errors import ConfigError  # noqa: E402
-from edge.quant.configs import load_recipe  # noqa: E402
-from edge.quant.sensitivity import assign_mixed, sensitivity  # noqa: E402
-from tests.tinymodels import tiny_model  # noqa: E402
+from edge.errors import ConfigError
+from edge.quant.configs import load_recipe
+from edge.quant.sensitivity import assign_mixed, sensitivity
+from tests.tinymodels import tiny_model
 
 
 def test_sensitivity_and_mixed_assignment_meet_budget():

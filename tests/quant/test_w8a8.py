@@ -8,10 +8,9 @@ import copy
 
 import numpy as np
 import pytest
+import torch
 
 from tests.tinymodels import TOKENS, tiny_model
-
-torch = pytest.importorskip("torch")
 
 CALIB = np.random.default_rng(0).integers(0, 256, (8, 32))
 TEXT = [int(t) for t in np.random.default_rng(1).integers(0, 256, 48)]
@@ -104,8 +103,6 @@ def test_qdq_graph_computes_the_torch_emulation(tiny, tmp_path, fmt):
     import onnx
 
     from edge.quant.w8a8 import W8A8Config
-
-    pytest.importorskip("onnxruntime")
     res, got, emu = run_qdq(tiny, tmp_path, W8A8Config(split=2), fmt)
     assert res.quantized_matmuls == 14
     assert_same(got, emu)
@@ -119,8 +116,6 @@ def test_hybrid_int16_and_float_groups(tiny, tmp_path):
     import onnx
 
     from edge.quant.w8a8 import W8A8Config
-
-    pytest.importorskip("onnxruntime")
     w8 = W8A8Config(keep=(("layers.0.down", "int16"), ("layers.1.qkv", "float")))
     res, got, emu = run_qdq(tiny, tmp_path, w8)
     assert_same(got, emu)
@@ -136,8 +131,6 @@ def test_gptq_weights_and_hybrid_by_output_error(tiny, tmp_path):
     """GPTQ int8 codes land in the graph as they are (its row scales, not re-derived), and the
     hybrid keeps the groups with the largest int8 output error in float (opset 11: no int16)."""
     from edge.quant.w8a8 import W8A8Config, prepare_w8a8
-
-    pytest.importorskip("onnxruntime")
     w8 = W8A8Config(weights="gptq", hybrid=2, hybrid_precision="float")
     res, got, emu = run_qdq(tiny, tmp_path, w8, "onnx-opset11")
     assert_same(got, emu)
@@ -162,7 +155,6 @@ def test_online_down_rotation(tiny, tmp_path):
     x = torch.tensor([TOKENS])
     with torch.no_grad():
         assert torch.allclose(m(x), tiny(x), atol=2e-5)
-    pytest.importorskip("onnxruntime")
     res, got, emu = run_qdq(tiny, tmp_path, W8A8Config(down_rotate=32), "onnx-opset11")
     assert_same(got, emu)
     assert res.quantized_matmuls == 14

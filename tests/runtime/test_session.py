@@ -9,8 +9,6 @@ import pytest
 
 from tests.tinymodels import TOKENS, tiny_loaded
 
-pytest.importorskip("onnxruntime")
-
 
 @pytest.fixture(scope="module")
 def pkg(tmp_path_factory):
@@ -28,9 +26,14 @@ def test_session_logits_and_generate(pkg):
     s = edge.runtime.load(pkg)
     ref = TorchRunner(tiny_loaded().model).logits(TOKENS)
     got = s.logits(TOKENS)
-    assert got.shape == ref.shape and (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.75
+    # measured: the w8a8 QDQ graph picks the reference's top-1 on all 12 tokens, max |logit diff| 0.080
+    assert got.shape == ref.shape and (got.argmax(-1) == ref.argmax(-1)).all()
+    assert np.abs(got - ref).max() < 0.1
     text = s.generate("Hello", max_new_tokens=6, chat=False)
-    assert text == "".join(s.generate("Hello", max_new_tokens=6, chat=False, stream=True)).replace("\ufffd", "") or text
+    pieces = list(s.generate("Hello", max_new_tokens=6, chat=False, stream=True))
+    # the tiny model's byte tokens end inside a multi-byte character ('X' + 5 x U+FFFD): the stream
+    # still ends with what generate() returns for them
+    assert text and "".join(pieces) == text and len(pieces) >= 2
     a = s.generate("Hi", 6, temperature=0.9, top_p=0.8, chat=False, seed=3)
     assert a == s.generate("Hi", 6, temperature=0.9, top_p=0.8, chat=False, seed=3)
 
@@ -40,7 +43,8 @@ def test_validate_passes_and_fails_on_budgets(pkg, tmp_path):
     from edge.validate import validate
 
     ref = TorchRunner(tiny_loaded().model).logits
-    rep = validate(pkg, budgets=["kld<=0.05", "top1>=0.8"], reference=ref)  # a random tiny model: 0.9
+    # measured on its 128 held-out tokens: KLD 3.4e-5, top-1 0.984
+    rep = validate(pkg, budgets=["kld<=4e-5", "top1>=0.95"], reference=ref)
     assert rep.ok, rep.to_dict()
     names = [c.name for c in rep.checks]
     assert "checksums" in names and any("top1" in n for n in names) and any(n.startswith("simulated") for n in names)
