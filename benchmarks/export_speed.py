@@ -61,8 +61,7 @@ ARTIFACTS = {
 
 # ---- build ------------------------------------------------------------------------------------
 def model_parts(lm) -> dict:
-    from edge.build import model_hash
-    from edge.cache import tool_versions
+    from edge.cache import model_hash, tool_versions
 
     return {"model": model_hash(lm.model), "spec": lm.spec.to_dict(), "tools": tool_versions()}
 

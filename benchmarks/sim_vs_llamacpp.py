@@ -258,6 +258,12 @@ def _kept_rows(old_text: str, drop: set[tuple[str, str]], bw_ratio: float) -> st
     return "".join(out)
 
 
+def _repo_path(path: str) -> str:
+    """``path`` relative to the repository when it lies inside it (what a profile's reader can open)."""
+    p = Path(path).resolve()
+    return p.relative_to(ROOT).as_posix() if p.is_relative_to(ROOT) else str(path)
+
+
 def apply(fit_json: str, probe_json: str, profile: str) -> None:
     """Rewrite the host profile: the probe's figures, then efficiency rows fitted to the --fit run;
     rows of the cases the run did not measure are kept (bandwidth fractions rescaled to the new probe)."""
@@ -271,10 +277,12 @@ def apply(fit_json: str, probe_json: str, profile: str) -> None:
     old_bw = load_target(name).memory.measured_bandwidth
     kept = _kept_rows(old, {(CASES[r["format"]][0], CASES[r["format"]][3]) for r in f["measured"]},
                       old_bw / m["bandwidth"])
-    Path(profile).write_text(profile_yaml(m, name=name))  # the probe's figures first: the fit reads them
+    results = _repo_path(probe_json)
+    Path(profile).write_text(profile_yaml(m, name=name, results=results))  # the probe's figures first: the fit reads them
     rows = fit(f["measured"], name)
     src = f["meta"].get("source") or f"llama-cpp-python, 2 threads, {f['meta']['date']}"
-    Path(profile).write_text(profile_yaml(m, name=name, efficiency=efficiency_yaml(rows, src) + kept))
+    src += f" ({_repo_path(fit_json)})"
+    Path(profile).write_text(profile_yaml(m, name=name, efficiency=efficiency_yaml(rows, src) + kept, results=results))
     print("wrote", profile)
 
 

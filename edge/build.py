@@ -8,12 +8,12 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from edge.cache import model_hash, tool_versions
 from edge.errors import BudgetFailed, ConfigError
 
 
@@ -23,7 +23,7 @@ class BuildConfig:
     calib_samples: int = 32
     calib_seq: int = 128
     eval_window: int = 128
-    eval_windows: int = 8  # held-out windows scored against the unquantized reference
+    eval_windows: int = 8  # held-out windows scored against the reference (the model as given, fp32)
 
     def __post_init__(self) -> None:
         for k in ("max_seq", "calib_samples", "calib_seq", "eval_window", "eval_windows"):
@@ -33,15 +33,12 @@ class BuildConfig:
             raise ConfigError(f"build: eval_window {self.eval_window} exceeds max_seq {self.max_seq}")
 
 
-def model_hash(model) -> str:
-    """sha256 over parameter names and bytes: the same weights give the same hash, wherever loaded."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().to(torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
+def reference_model(source) -> str:
+    """What a package's accuracy is measured against: the model as given, upcast to fp32. A GGUF source
+    keeps its stored types' grid (the built-in model is a Q4_1 file), so say which file it is."""
+    if source.kind in ("builtin", "gguf"):
+        return f"{source.path.name}, its stored weights dequantized to fp32"
+    return f"{source.path.name if source.kind == 'hf' else source.name}, in fp32"
 
 
 def write_tokenizer(tok, out: Path) -> list[str]:
@@ -72,11 +69,10 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
     """Build from a LoadedModel (model, spec, tokenizer, source). Returns the package directory."""
     import torch
 
-    import edge
     from edge.calib import CalibConfig, dataset_hash, load_text, token_batches
     from edge.eval import compare
     from edge.export.check import check
-    from edge.package import PackageWriter, tool_versions
+    from edge.package import PackageWriter
     from edge.prune import prune_loaded, read_build_recipe
     from edge.quant.configs import load_recipe as load_quant_recipe
     from edge.runtime.eager import TorchRunner
@@ -155,8 +151,8 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
         w.add_artifact(art)
         tok_files = write_tokenizer(lm.tokenizer, w.dir)
 
-        progress(f"build: scoring the {plan.writer} artifact against the unquantized reference "
-                 f"({len(heldout)} held-out tokens)")
+        progress(f"build: scoring the {plan.writer} artifact against the reference model "
+                 f"({reference_model(lm.source)}; {len(heldout)} held-out tokens)")
         runner = artifact_runner(w.dir, art, threads=None)
         acc = compare(ref.logits, runner.logits, heldout, window=cfg.eval_window).to_dict()
         del runner
@@ -167,9 +163,10 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
             "model": {"name": lm.spec.name or lm.source.name, "source": lm.source.kind, "sha256": model_hash(lm.model),
                       "spec": lm.spec.to_dict()},
             "calibration": {"sha256": dataset_hash(calib_cfg), "samples": cfg.calib_samples, "seq_len": cfg.calib_seq},
-            "evaluation": {"text": "heldout", "tokens": len(heldout), "window": cfg.eval_window},
+            "evaluation": {"text": "heldout", "tokens": len(heldout), "window": cfg.eval_window,
+                           "reference": reference_model(lm.source)},
             "tokenizer": tok_files,
-            "tools": tool_versions() | {"edge": edge.__version__},
+            "tools": tool_versions(),
             "min_runtime": MIN_RUNTIME[plan.host_runtime],
             "simulated": sim,
         }
@@ -212,7 +209,9 @@ def simulated(spec, tp, recipe: str, runtime: str, kv_cache: str = "", cpu_fract
 def report(fields: dict, artifacts: list[dict]) -> str:
     lines = [f"# {fields['model']['name']} for {fields['target']} ({fields['recipe']})", "",
              f"Runtime on the device: {fields['runtime']}. Model sha256 {fields['model']['sha256'][:16]}..., "
-             f"calibration sha256 {fields['calibration']['sha256'][:16]}...", "", "## Artifacts", "",
+             f"calibration sha256 {fields['calibration']['sha256'][:16]}...", "",
+             f"Accuracy is measured against the reference model: {fields['evaluation']['reference']}.", "",
+             "## Artifacts", "",
              "| files | format | host runtime | top-1 | KLD mean | ppl change |", "|---|---|---|---|---|---|"]
     for a in artifacts:
         acc = a.get("accuracy", {})

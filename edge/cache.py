@@ -1,12 +1,15 @@
 """Stage cache: every stage's output stored under a key derived from its inputs.
 
-A key is the sha256 of the stage name and its input parts in canonical JSON: the source model's
-file hash, the recipe, the calibration data hash and the tool versions (edge, torch, executorch,
-onnxruntime, llama-cpp-python, gguf). Same inputs, same key: a re-run, or another matrix entry
-sharing a prefix of stages, finds the output instead of rebuilding it.
+A key is the sha256 of the stage name and its input parts in canonical JSON. The parts are the
+contents of what the stage reads, never names or paths: the source model's file or tree hash, the
+recipe (a recipe file by its bytes), the calibration and held-out text hashes, the source of the
+edge modules the stage runs (``code_hash``) and the tool versions (``tool_versions``, the same list
+a package manifest records). Same inputs, same key: a re-run, or another matrix entry sharing a
+prefix of stages, finds the output instead of rebuilding it; change any input and the key changes.
 
     cache = StageCache()                                  # $EDGE_CACHE or ~/.cache/edge
-    parts = {"model": file_hash(gguf_path), "recipe": recipe.to_dict(), "tools": tool_versions()}
+    parts = {"model": file_hash(gguf_path), "recipe": recipe.to_dict(),
+             "code": code_hash("edge.export.gguf"), "tools": tool_versions()}
     path = cache.get_or_build("export-gguf", parts, lambda d: export_gguf(..., d / "model.gguf"))
 
 Layout: ``<root>/v1/<stage>/<key>/`` holds the files ``build_fn`` wrote plus ``.edge-entry.json``
@@ -23,6 +26,7 @@ leaves nothing behind.
 
 from __future__ import annotations
 
+import ast
 import errno
 import fcntl
 import hashlib
@@ -41,8 +45,12 @@ LAYOUT = "v1"
 MARKER = ".edge-entry.json"
 HASH_MEMO = "filehash"  # <root>/filehash/<sha of path, size, mtime, inode> -> sha256 of the file
 
-# the tools whose versions change what a stage produces (package names, as pip knows them)
-TOOLS = ("edge", "torch", "executorch", "torchao", "onnxruntime", "llama-cpp-python", "gguf")
+EDGE_DIR = Path(__file__).resolve().parent  # the edge package whose source code_hash reads
+
+# the tools whose versions change what a stage produces (package names, as pip knows them): the one
+# list behind every stage-cache key and every package manifest's "tools"
+TOOLS = ("edge", "torch", "executorch", "torchao", "onnx", "onnxruntime", "llama-cpp-python", "gguf")
+NOT_INSTALLED = "not installed"
 
 
 class CacheError(EdgeError):
@@ -54,16 +62,97 @@ def default_root() -> Path:
 
 
 def tool_versions() -> dict[str, str]:
-    """Installed versions of the tools in TOOLS ("-" when absent); reads metadata, imports nothing."""
+    """Versions of the tools in TOOLS (NOT_INSTALLED when absent); reads metadata, imports nothing heavy.
+
+    edge's own is the running code's ``edge.__version__``, not whatever distribution pip recorded.
+    """
     from importlib.metadata import PackageNotFoundError, version
+
+    from edge import __version__
 
     out = {}
     for name in TOOLS:
         try:
-            out[name] = version(name)
+            out[name] = __version__ if name == "edge" else version(name)
         except PackageNotFoundError:
-            out[name] = "-"
+            out[name] = NOT_INSTALLED
     return out
+
+
+def code_hash(*modules: str, root: str | Path | None = None) -> str:
+    """sha256 of the edge source a stage runs: the named modules (``"edge.model.llama"``) and every
+    edge module they import at module level, transitively; no names: every module of edge.
+
+    Imports inside functions are not followed: in edge they load heavy engines or helpers for
+    reports and keys, not the code that computes a stage's output (a stage that runs such a helper
+    names its module). ``root`` is the edge package directory (default: this one).
+    """
+    base = Path(root) if root is not None else EDGE_DIR
+    if modules:
+        files: set[Path] = set()
+        todo = [_module_file(m, base) for m in modules]
+        while todo:
+            f = todo.pop()
+            if f not in files:
+                files.add(f)
+                todo += _top_level_edge_imports(f, base)
+    else:
+        files = set(base.rglob("*.py"))
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(f.relative_to(base).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def model_code(model) -> tuple[str, ...]:
+    """The edge modules defining the classes of a torch model's submodules (what its forward runs)."""
+    return tuple(sorted({type(m).__module__ for m in model.modules() if type(m).__module__.split(".")[0] == "edge"}))
+
+
+def _module_file(name: str, base: Path) -> Path:
+    parts = name.split(".")
+    if parts[0] != "edge":
+        raise CacheError(f"code_hash: '{name}' is not an edge module (edge.<package>.<module>)")
+    p = base.joinpath(*parts[1:])
+    for f in (p / "__init__.py", p.with_suffix(".py")):
+        if f.is_file():
+            return f
+    raise CacheError(f"code_hash: no source for module '{name}' under {base}")
+
+
+def _top_level_edge_imports(f: Path, base: Path) -> list[Path]:
+    """Source files of the edge modules ``f`` imports outside any function (``from edge.x import y``
+    names module edge.x, and edge.x.y too when that is a module)."""
+    names: list[str] = []
+    stack = list(ast.parse(f.read_bytes(), filename=str(f)).body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            stack += [c for c in ast.iter_child_nodes(node) if isinstance(c, ast.stmt)]
+    out = []
+    for n in names:
+        if n.split(".")[0] == "edge":
+            try:
+                out.append(_module_file(n, base))
+            except CacheError:
+                pass  # ``from edge.x import name``: name is a function or class, not a module
+    return out
+
+
+def model_hash(model) -> str:
+    """sha256 over a torch model's state names and fp32 bytes: the same weights give the same hash,
+    wherever they were loaded from."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to(torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def canonical_json(obj: Any) -> str:

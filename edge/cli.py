@@ -180,13 +180,14 @@ def prune_cmd(model, out, recipe, ratio, params, kind, ffn_dim, n_heads, n_kv_he
             click.echo(f"  tried {k}: calibration KL {v['calib_kl']:.4f}")
 
 
-# ---- quantize (issue 4) -------------------------------------------------------------------------
+# ---- quantize: calibrated weights (and activation scales) written as tensors + recipe --------------
 @main.command("quantize")
 @click.option("--model", "model", default="smollm2-135m", show_default=True, help="Built-in name or path.")
 @click.option("--recipe", required=True,
               help="Preset (q8_0, q4_0, q4_k_m, w4a16, w8a8, 8da4w) or a recipe file. w8a8 is edge build's static "
                    "W8A8 scheme (rotation, GPTQ int8 weights, static activation scales, some groups at int16/float); "
-                   "with --method rtn/awq or a recipe file setting smoothquant: the older SmoothQuant path.")
+                   "with --method rtn/awq or a recipe file setting smoothquant: SmoothQuant instead (int8 weights, "
+                   "absmax static activation scales).")
 @click.option("--method", default=None, help="Override the algorithm: rtn, gptq, awq, awq+gptq.")
 @click.option("--calib", default="assistant:3,general:7", show_default=True, help="Calibration mix NAME[:WEIGHT],...")
 @click.option("--n-samples", default=64, show_default=True)
@@ -373,7 +374,7 @@ def simulate_cmd(model, target, recipe, runtime, prompt_len, gen_len, context, b
         raise BudgetFailed(f"{res.model} on {res.target}: failed {', '.join(failed)}")
 
 
-# ---- build, inspect, run, validate (issue 6) ---------------------------------------------------
+# ---- build, inspect, run, validate: the device package and its CI gate ---------------------------
 @main.command("build")
 @click.option("--model", "model", default="smollm2-135m", show_default=True, help="Built-in name or path.")
 @click.option("--target", required=True, help="Target profile name (edge targets list).")
@@ -490,7 +491,7 @@ def validate_cmd(package, budgets, as_json, junit, max_windows, reference, allow
         sys.exit(1)
 
 
-# ---- scale: stage cache, build matrix (issue 8) ---------------------------------------------------
+# ---- scale: stage cache, build matrix ---------------------------------------------------------------
 @main.group("cache")
 def cache_group() -> None:
     """The stage cache ($EDGE_CACHE or ~/.cache/edge): what it holds, and clearing it."""

@@ -5,10 +5,11 @@
                recipes=("q4_0", "q8_0"), out=Path("builds"))
     summary = run_matrix(m)               # local Ray (2 CPUs) unless m.address names a cluster
 
-Each task calls ``build_cached``: the export engineer's ``edge.build.build`` behind the stage
-cache (edge.cache), keyed by the source model's file hash, the target profile, the recipe, the
-build config, the calibration data hash, edge's own source and the tool versions. A re-run, or
-a second matrix sharing builds, copies the package from the cache in seconds. Before building,
+Each task calls ``build_cached``: ``edge.build.build`` behind the stage cache (edge.cache), keyed
+by contents (``cache_parts``): the source model's file or tree hash, the target profile's bytes,
+the recipe (a recipe file by its bytes), the build config, the calibration and held-out texts
+(calib/), edge's own source and the tool versions. A re-run, or a second matrix sharing builds,
+copies the package from the cache in seconds; an edit to any of these rebuilds. Before building,
 a whole-graph export (.pte, ONNX) is checked against this machine's memory (edge.stream) and
 refused with the figure rather than OOM-killed.
 
@@ -49,10 +50,6 @@ class Matrix:
     builder: str = "package"  # key of BUILDERS
     cache_root: str | None = None  # default: $EDGE_CACHE or ~/.cache/edge
     build_options: dict = field(default_factory=dict)  # edge.build.BuildConfig fields (max_seq, calib_samples...)
-    # part of every cache key beside the tool versions (which include edge's version): None adds nothing;
-    # "source" adds the sha256 of edge's own source (for edge's developers; with several people editing
-    # edge/ every run misses); any other string is used as is
-    code_key: str | None = None
 
     def __post_init__(self) -> None:
         for k in ("models", "targets", "recipes"):
@@ -81,7 +78,7 @@ def load_matrix_file(path: str | Path, **overrides) -> Matrix:
         raise MatrixError(f"{p}: cannot read the matrix file ({e.strerror})") from e
     except yaml.YAMLError as e:
         raise MatrixError(f"{p}: not valid YAML ({e})") from e
-    allowed = {"models", "targets", "recipes", "out", "address", "num_cpus", "builder", "build_options", "code_key"}
+    allowed = {"models", "targets", "recipes", "out", "address", "num_cpus", "builder", "build_options"}
     if not isinstance(data, dict) or not {"models", "targets"} <= set(data) or set(data) - allowed:
         raise MatrixError(f"{p}: a matrix file is a mapping with models: and targets: (lists) and optionally "
                           f"{', '.join(sorted(allowed - {'models', 'targets'}))}")
@@ -102,15 +99,6 @@ def _safe(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(s).name or s)
 
 
-def edge_source_hash() -> str:
-    """sha256 of edge's own source: a code change invalidates the cached builds it could change."""
-    root = Path(__file__).parent
-    h = hashlib.sha256()
-    for f in sorted(root.rglob("*.py")):
-        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
-
-
 def source_hash(model: str, cache_root: str | None) -> str:
     from edge.cache import tree_hash
     from edge.model.load import resolve
@@ -119,8 +107,34 @@ def source_hash(model: str, cache_root: str | None) -> str:
     return tree_hash(src.path, cache_root)
 
 
+def recipe_key(recipe: str | None, cache_root: str | None = None) -> dict | None:
+    """A recipe by what it says: a preset by name, a recipe file by its bytes (not its path)."""
+    from edge.cache import file_hash
+
+    if recipe is not None and Path(recipe).is_file():
+        return {"file_sha256": file_hash(recipe, cache_root)}
+    return {"preset": recipe} if recipe is not None else None
+
+
+def cache_parts(job: dict, builder: str, options: dict, cache_root: str | None = None) -> dict:
+    """The stage-cache key of one matrix entry: the contents of everything the build reads."""
+    from edge import calib
+    from edge.cache import code_hash, tool_versions, tree_hash
+    from edge.targets import load_target
+
+    tp = load_target(job["target"])
+    return {"model": source_hash(job["model"], cache_root), "target": tp.name,
+            "target_profile": hashlib.sha256(Path(tp.path).read_bytes()).hexdigest() if tp.path else None,
+            "recipe": recipe_key(job["recipe"], cache_root) or {"preset": tp.defaults.recipe}, "builder": builder,
+            "options": options,
+            # calibration sets and the held-out text the package is scored on, with their SOURCE.yaml
+            "texts": tree_hash(calib.CALIB_DIR, cache_root),
+            "code": code_hash(),  # a build runs most of edge: every module's source
+            "tools": tool_versions()}
+
+
 def build_package(job: dict, out: Path, options: dict) -> dict:
-    """The export engineer's edge.build for one combination; returns the manifest's figures."""
+    """edge.build for one combination; returns the manifest's figures."""
     from edge.build import BuildConfig, build
 
     opts = dict(options)
@@ -175,31 +189,22 @@ def _memory_check(job: dict, max_seq: int) -> None:
 
 
 def build_cached(job: dict, out_dir: str, builder: str = "package", cache_root: str | None = None,
-                 options: dict | None = None, code_key: str | None = None) -> dict:
+                 options: dict | None = None) -> dict:
     """One matrix entry: build (or fetch from the stage cache) and copy to ``out_dir/<name>``.
 
     Never raises: the row carries status "ok" or "failed" with a one-line error.
     """
-    from edge.cache import StageCache, tool_versions
+    from edge.cache import StageCache
 
     t0 = time.time()
     name = job_name(job)
     row = {"name": name, **job, "status": "failed", "error": None, "cached": False, "path": None,
            "host": socket.gethostname(), "pid": os.getpid()}
     try:
-        from edge.calib import CalibConfig, dataset_hash
-        from edge.targets import load_target
-
         options = dict(options or {})
-        tp = load_target(job["target"])
+        parts = cache_parts(job, builder, options, cache_root)
         if builder == "package":
             _memory_check(job, options.get("max_seq", 512))
-        parts = {"model": source_hash(job["model"], cache_root), "target": tp.name,
-                 "target_profile": hashlib.sha256(Path(tp.path).read_bytes()).hexdigest() if tp.path else None,
-                 "recipe": job["recipe"] or tp.defaults.recipe, "builder": builder, "options": options,
-                 "calib": dataset_hash(CalibConfig(n_samples=options.get("calib_samples", 32),
-                                                   seq_len=options.get("calib_seq", 128), seed=0)),
-                 "code": edge_source_hash() if code_key == "source" else code_key, "tools": tool_versions()}
         fn = BUILDERS[builder]
         cache = StageCache(cache_root)
         entry = cache.entry(f"matrix-{builder}", parts, lambda d: fn(job, d / "pkg", options))
@@ -316,7 +321,7 @@ def run_matrix(m: Matrix, progress: Callable[[str], None] = print) -> Summary:
         # memory monitor on a crowded host, segfault)
         task = ray.remote(num_cpus=m.cpus_per_build, max_retries=2)(build_cached)
         jobs = m.jobs()
-        pending = {task.remote(j, str(out), m.builder, m.cache_root, m.build_options, m.code_key): j for j in jobs}
+        pending = {task.remote(j, str(out), m.builder, m.cache_root, m.build_options): j for j in jobs}
         progress(f"matrix: {len(jobs)} builds ({len(m.models)} models x {len(m.targets)} targets x "
                  f"{len(m.recipes)} recipes) on {summary.address} Ray")
         while pending:

@@ -1,8 +1,9 @@
 """Package step: a device package is a directory of artifacts + tokenizer + manifest.json + report.md.
 
 The manifest has a schema version and records target, recipe, source model and calibration hashes,
-tool versions, every file's sha256 and size, the artifacts (format, runtime, files, layout), the
-accuracy against the unquantized reference and the simulated performance. Nothing time- or
+tool versions (``edge.cache.tool_versions``, the list the stage-cache keys use), every file's sha256
+and size, the artifacts (format, runtime, files, layout), the accuracy against the reference (the
+model as loaded, before this build quantized it) and the simulated performance. Nothing time- or
 host-dependent is written, so the same inputs give the same bytes. A package is assembled in a
 temporary sibling directory and renamed into place: an interrupted build leaves nothing behind.
 
@@ -38,18 +39,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def tool_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("edge", "torch", "executorch", "torchao", "onnx", "onnxruntime", "llama-cpp-python", "gguf"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def _terminate(signum, frame):

@@ -180,8 +180,13 @@ def _g(x: float, unit: str, scale: float) -> str:
     return f"{x / scale:.4g} {unit}"
 
 
-def profile_yaml(m: dict, name: str = "host", efficiency: str | None = None) -> str:
+def profile_yaml(m: dict, name: str = "host", efficiency: str | None = None, results: str | None = None) -> str:
     """A target profile (YAML text) from ``probe()``'s measurements.
+
+    ``results`` is where those measurements are kept (a JSON file under benchmarks/results/ for a
+    profile in the repository): the profile's ``probe`` source names it so a reader can check every
+    figure. A unit's peak is the SIMD ceiling, or the measured rate where a library beat the
+    ceiling (a peak below a measured rate would make the simulator's fractions exceed 1).
 
     The efficiency table of a probed machine is unknown until something is measured on it;
     the default written here is marked as an estimate: fit it with benchmarks/sim_vs_llamacpp.py.
@@ -189,7 +194,9 @@ def profile_yaml(m: dict, name: str = "host", efficiency: str | None = None) -> 
     cpu = m["cpu"]
     caches = "\n".join(f"    {k}: {_g(v, 'KiB', 1024)}" for k, v in cpu["caches"].items())
     clock = cpu["mhz"] or 1000.0
-    fp32_peak, int8_peak, feat = theoretical_peaks(m)
+    fp32_ceiling, int8_ceiling, feat = theoretical_peaks(m)
+    fp32_peak, int8_peak = max(fp32_ceiling, m["fp32_ops"]), max(int8_ceiling, m["int8_ops"])
+    kept = f"measurements in {results}" if results else "measurements printed by `edge targets probe --json`"
     eff = efficiency or "".join(f"""\
   - runtime: {rt}
     compute_dtype: fp32
@@ -206,8 +213,8 @@ name: {name}
 description: "{cpu['model']}, {m['cores']} cores ({m['machine']}; SIMD {' '.join(cpu['simd']) or 'unknown'})"
 class: host
 sources:
-  probe: "edge targets probe, {m['date']}: numpy copies and BLAS dot reads of 1 GiB arrays on all cores (best of {m.get('repeats', 5)} x {m.get('rounds', 1)} rounds;
-    lowest 1-minute load average {m.get('load_avg', 0):.1f} while probing),
+  probe: "edge targets probe, {m['date']} ({kept}): numpy copies and BLAS dot
+    reads of 1 GiB arrays on all cores (best of {m.get('repeats', 5)} x {m.get('rounds', 1)} rounds; lowest 1-minute load average {m.get('load_avg', 0):.1f} while probing),
     numpy fp32 1024^3 matmul, onnxruntime MatMulInteger 1024^3, /proc/cpuinfo, /proc/meminfo, /sys caches"
 memory:
   total: {_g(m['mem_total'], 'GiB', 2**30)}
@@ -228,11 +235,11 @@ cpu:
 units:
   cpu:
     kind: cpu
-    # measured: numpy fp32 matmul {_g(m['fp32_ops'], 'GFLOPS', 1e9)}, onnxruntime int8 matmul
-    # {_g(m['int8_ops'], 'GOPS', 1e9)}; those are what two libraries reach, so the peak is the SIMD ceiling
+    # measured: numpy fp32 matmul {_g(m['fp32_ops'], 'GFLOPS', 1e9)}, onnxruntime int8 matmul {_g(m['int8_ops'], 'GOPS', 1e9)}.
+    # The SIMD ceiling is {_g(fp32_ceiling, 'GFLOPS', 1e9)} / {_g(int8_ceiling, 'GOPS', 1e9)}; the peak is the larger of it and the measured rate
     peak: {{fp32: {_g(fp32_peak, 'GFLOPS', 1e9)}, int8: {_g(int8_peak, 'GOPS', 1e9)}}}
     dtypes: [fp32, int8]
-    estimate: "derived: {m['cores']} cores x {clock:.0f} MHz x {feat} per-cycle rate (edge.probe.SIMD_RATES)"
+    estimate: "derived: the larger of {m['cores']} cores x {clock:.0f} MHz x {feat} per-cycle rate (edge.probe.SIMD_RATES) and the rate measured (probe)"
 runtimes:
   llama.cpp:
     unit: cpu

@@ -9,8 +9,9 @@ The question a deployment engineer has is "what is the best model I can ship to 
    resource that binds are recorded;
 2. **quality** (measured proxy): for the (pruning, quantization) pairs that survive, the pruned and
    quantized torch model's KL divergence to the unpruned fp32 model on held-out text. One
-   evaluation per pair, whatever the KV type and runtime; results are cached on disk by model,
-   text and pair, so a second search is free;
+   evaluation per pair, whatever the KV type and runtime; results are cached on disk under a key
+   from contents (weights, held-out and calibration tokens, the code that scores), so a second
+   search is free;
 3. **finalists**: the best few are built and validated for real by the caller (``edge build --auto``).
 
 For a model given as a config.json only (no weights), pass 2 is skipped and candidates are ranked
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edge.cache import stage_key
 from edge.errors import BudgetFailed, ConfigError
 from edge.model.spec import ModelSpec
 from edge.sim import Workload, parse_budget, simulate
@@ -41,7 +43,6 @@ from edge.targets import TargetProfile, load_target
 QUANT_CHOICES = ("fp16", "q8_0", "q4_k_m", "q4_0", "w8a8", "w4a16", "8da4w")
 KV_CHOICES = ("fp16", "int8")
 PRUNE_RATIOS = (0.0, 0.1, 0.2, 0.3)
-SEARCH_VERSION = 1  # bump when the quality proxy changes: it is part of the cache key
 
 
 @dataclass(frozen=True)
@@ -268,7 +269,7 @@ class QualityOracle:
         import torch
 
         from edge.calib import CalibConfig, load_text, token_batches
-        from edge.model.load import load_model, resolve
+        from edge.model.load import load_model
         from edge.runtime.eager import TorchRunner
 
         self.lm = load_model(model_name)
@@ -281,11 +282,7 @@ class QualityOracle:
                                                                              seq_len=window, seed=0))
         self.ref = [TorchRunner(self.lm.model).logits(self.tokens[i:i + window])
                     for i in range(0, len(self.tokens) - 1, window)]
-        src = resolve(model_name)
-        h = hashlib.sha256()
-        h.update(json.dumps([SEARCH_VERSION, str(src.path), os.path.getsize(src.path) if src.path.is_file() else 0,
-                             self.tokens, window, prune_kind]).encode())
-        self.cache_file = _cache_dir() / f"{h.hexdigest()[:24]}.json"
+        self.cache_file = _cache_dir() / f"{stage_key('search-quality', self.cache_parts())[:24]}.json"
         self.cache: dict[str, list[float]] = {}
         if self.cache_file.exists():
             try:
@@ -296,6 +293,19 @@ class QualityOracle:
         self.evaluations = 0
         self.seconds = 0.0
         torch.set_grad_enabled(False)
+
+    def cache_parts(self) -> dict:
+        """What every cached KLD depends on, by content: the weights as loaded, the held-out tokens
+        scored, the calibration tokens pruning uses, the window, the prune kind and the source of
+        the code that prunes, quantizes and scores (this module, edge.prune, edge.quant, the model's)."""
+        from edge.cache import code_hash, model_code, model_hash
+
+        code = ("edge.search", "edge.prune", "edge.quant", "edge.quant.quantize", "edge.eval", "edge.runtime.eager")
+        return {"model": model_hash(self.lm.model),
+                "heldout_tokens": hashlib.sha256(json.dumps(self.tokens).encode()).hexdigest(),
+                "calib": [list(self.calib.shape), hashlib.sha256(self.calib.tobytes()).hexdigest()],
+                "window": self.window, "prune_kind": self.prune_kind,
+                "code": code_hash(*code, *model_code(self.lm.model))}
 
     def _pruned_model(self, ratio: float):
         if ratio not in self._pruned:
@@ -326,7 +336,9 @@ class QualityOracle:
         model = copy.deepcopy(self._pruned_model(ratio))
         if quant not in ("fp32",):
             rec = load_quant_recipe(quant, method="rtn")
-            if quant == "w8a8":  # the cheap proxy as before: the quantize stage's RTN path, SmoothQuant 0.5
+            # w8a8's proxy: RTN int8 weights with SmoothQuant 0.5 (seconds), not the rotation + GPTQ the
+            # finalists get, which only lowers the error (the ranking errs on the safe side)
+            if quant == "w8a8":
                 rec = dataclasses.replace(rec, smoothquant=0.5)
             quantize(model, rec, torch.as_tensor(self.calib[:4]))
         run = TorchRunner(model)

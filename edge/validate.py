@@ -1,5 +1,6 @@
 """Validate step (the CI gate): run each artifact of a package on its host runtime against the
-unquantized reference on held-out text, and check accuracy and the simulator's budgets.
+reference model (the manifest's model as loaded, in fp32) on held-out text, and check accuracy and
+the simulator's budgets.
 
     rep = validate("pkg/", budgets=["top1>=0.9", "decode_tok_s>=15"])
     rep.ok, rep.to_dict(), rep.to_junit()          # `edge validate` exits 1 when not ok
@@ -7,7 +8,7 @@ unquantized reference on held-out text, and check accuracy and the simulator's b
 A check that could not run here (the emulated HTP without onnxruntime-qnn) is reported as skipped, never
 as passed, and makes the report fail unless ``allow_missing=True`` (``edge validate --allow-missing``).
 
-Accuracy defaults (from the issue's acceptance bar): top-1 agreement >= 0.95 for 8-bit and float
+Accuracy defaults (what a deployable package must keep): top-1 agreement >= 0.95 for 8-bit and float
 recipes, >= 0.85 for 4-bit ones. Budgets on ``top1``, ``kld`` and ``ppl_change`` are accuracy
 checks; any other name is a simulator budget (``edge.sim.BUDGET_FIGURES``).
 """
@@ -133,7 +134,8 @@ def validate(package: str | Path, budgets=(), reference=None, window: int | None
         for fig, op, limit in acc_budgets:
             v = c[ACCURACY_FIGURES[fig]]
             rep.checks.append(Check(f"{name}: {fig}", _holds(v, op, limit), round(v, 6), f"{op}{limit}",
-                                    f"against the unquantized reference on {c['tokens']} held-out tokens"))
+                                    f"against the reference model ({_reference_name(m)}) on {c['tokens']} "
+                                    "held-out tokens"))
         if art.get("device_runtime") == "qnn-htp" and art.get("layout", {}).get("dtype", "").startswith("qdq"):
             rep.checks += _htp_checks(rep, pkg, m, art, reference, host, text, window, max_windows, acc_budgets)
     rep.checks += _sim_checks(m, sim_budgets)
@@ -193,13 +195,17 @@ def _htp_checks(rep, pkg: Path, m: dict, art: dict, reference, host, text, windo
     for fig, op, limit in acc_budgets:
         v = c[ACCURACY_FIGURES[fig]]
         out.append(Check(f"{name}: {fig}", _holds(v, op, limit), round(v, 6), f"{op}{limit}",
-                         f"against the unquantized reference on {c['tokens']} held-out tokens"))
+                         f"against the reference model ({_reference_name(m)}) on {c['tokens']} held-out tokens"))
     vs = compare(host, dev, text, window=window, max_windows=max_windows).to_dict()
     rep.accuracy[f"{name} vs {art['files'][0]} (onnxruntime)"] = vs
     out.append(Check(f"{name}: top1 vs onnxruntime CPU", vs["top1_agreement"] >= HTP_VS_CPU_TOP1,
                      round(vs["top1_agreement"], 6), f">={HTP_VS_CPU_TOP1}",
                      f"same graph on both; KLD {vs['kld_mean']:.5f}, max |logit diff| {vs['max_abs_logit_diff']:.3f}"))
     return out
+
+
+def _reference_name(m: dict) -> str:
+    return (m.get("evaluation") or {}).get("reference") or f"{m['model']['name']}, in fp32"
 
 
 def _reference(m: dict):

@@ -6,11 +6,22 @@ import errno
 import json
 import multiprocessing as mp
 import os
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 
-from edge.cache import MARKER, CacheError, StageCache, file_hash, stage_key, tool_versions
+from edge.cache import (
+    MARKER,
+    TOOLS,
+    CacheError,
+    StageCache,
+    code_hash,
+    file_hash,
+    stage_key,
+    tool_versions,
+)
 
 
 def _write(text: str):
@@ -120,3 +131,44 @@ def test_file_hash_is_memoized_and_sees_changes(tmp_path):
     time.sleep(0.01)
     f.write_bytes(b"b" * 1000)
     assert file_hash(f, tmp_path / "memo") != h1
+
+
+def test_tool_versions_is_the_one_list_manifests_and_keys_share():
+    import edge
+    import edge.package
+
+    v = tool_versions()
+    assert tuple(v) == TOOLS and v["edge"] == edge.__version__
+    assert all(isinstance(x, str) and x for x in v.values())
+    assert not hasattr(edge.package, "tool_versions")  # the manifest takes the cache's list
+
+
+@pytest.fixture
+def edge_copy(tmp_path):
+    """A copy of edge's source to edit (code_hash reads the tree it is pointed at)."""
+    src = Path(__file__).resolve().parent.parent / "edge"
+    dst = tmp_path / "edge"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+    return dst
+
+
+def test_code_hash_follows_the_modules_a_stage_imports_and_only_those(edge_copy):
+    def touch(rel):
+        with open(edge_copy / rel, "a") as f:
+            f.write("\n# edited\n")
+
+    llama = code_hash("edge.model.llama", root=edge_copy)
+    every = code_hash(root=edge_copy)
+    assert llama == code_hash("edge.model.llama", root=edge_copy) and len(llama) == 64
+    touch("model/spec.py")  # imported at the top of llama.py: the model's code changed
+    assert code_hash("edge.model.llama", root=edge_copy) != llama
+    llama = code_hash("edge.model.llama", root=edge_copy)
+    assert code_hash(root=edge_copy) != every
+    every = code_hash(root=edge_copy)
+    touch("sim/report.py")  # not imported by the model: its key stays, the whole-tree key moves
+    assert code_hash("edge.model.llama", root=edge_copy) == llama
+    assert code_hash(root=edge_copy) != every
+    with pytest.raises(CacheError, match="no source for module 'edge.no_such'"):
+        code_hash("edge.no_such", root=edge_copy)
+    with pytest.raises(CacheError, match="not an edge module"):
+        code_hash("torch.nn", root=edge_copy)

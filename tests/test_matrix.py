@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from edge.matrix import Matrix, MatrixError, build_cached, check_reachable, run_matrix
+from edge.matrix import Matrix, MatrixError, build_cached, cache_parts, check_reachable, run_matrix
 
 # a build small enough for a test: 4 x 32 calibration tokens, 2 x 32 held-out tokens
 SMALL = {"max_seq": 64, "calib_samples": 4, "calib_seq": 32, "eval_window": 32, "eval_windows": 2}
@@ -29,7 +31,7 @@ def tiny_gguf(tmp_path_factory):
 
 def test_matrix_on_local_ray_one_entry_failing(tiny_gguf, tmp_path):
     m = Matrix(models=(tiny_gguf,), targets=("host-x86-2core", "no-such-target"), recipes=("q8_0",),
-               out=tmp_path / "out", cache_root=str(tmp_path / "cache"), build_options=SMALL, code_key="test")
+               out=tmp_path / "out", cache_root=str(tmp_path / "cache"), build_options=SMALL)
     lines: list[str] = []
     s = run_matrix(m, progress=lines.append)
     rows = {r["target"]: r for r in s.rows}
@@ -48,7 +50,7 @@ def test_matrix_on_local_ray_one_entry_failing(tiny_gguf, tmp_path):
     # the same entry again (no Ray needed for one): served from the stage cache
     t0 = time.time()
     row = build_cached({"model": tiny_gguf, "target": "host-x86-2core", "recipe": "q8_0"}, str(tmp_path / "again"),
-                       cache_root=str(tmp_path / "cache"), options=SMALL, code_key="test")
+                       cache_root=str(tmp_path / "cache"), options=SMALL)
     assert row["status"] == "ok" and row["cached"] and time.time() - t0 < 10
     assert (tmp_path / "again" / pkg.name / "manifest.json").read_bytes() == (pkg / "manifest.json").read_bytes()
 
@@ -95,3 +97,45 @@ def test_matrix_config_errors(tmp_path):
     f.write_text("models: [a]\ntarget: [b]\n")
     with pytest.raises(MatrixError, match="models: and targets:"):
         load_matrix_file(f)
+
+
+def test_cache_key_follows_the_contents_of_every_input(tmp_path, monkeypatch):
+    """Each input a build reads, edited in place (same path, same size where it can be), moves the key."""
+    import edge.cache
+    from edge import calib
+
+    ckpt = tmp_path / "ckpt"  # a checkpoint directory: hashed by its files, not its path or size
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text('{"model_type": "llama"}')
+    (ckpt / "model.safetensors").write_bytes(bytes(64))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("base: q4_0\n")
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copy(recipe, tmp_path / "elsewhere" / "r.yaml")
+    texts = tmp_path / "calib"
+    shutil.copytree(calib.CALIB_DIR, texts)
+    code = tmp_path / "edge"
+    shutil.copytree(Path(edge.cache.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(calib, "CALIB_DIR", texts)
+    monkeypatch.setattr(edge.cache, "EDGE_DIR", code)
+    job = {"model": str(ckpt), "target": "host-x86-2core", "recipe": str(recipe)}
+
+    def key(**over):
+        return cache_parts(job | over, "package", {"max_seq": 64}, str(tmp_path / "cache"))
+
+    base = key()
+    assert key() == base
+    assert key(recipe=str(tmp_path / "elsewhere" / "r.yaml")) == base  # same recipe at another path
+    assert key(recipe="q4_0") != base  # a preset is keyed by name
+
+    def changed(path, data: bytes) -> bool:
+        before = key()
+        path.write_bytes(data)
+        return key() != before
+
+    assert changed(recipe, b"base: q8_0\n")
+    assert changed(ckpt / "model.safetensors", bytes(63) + b"\1")
+    assert changed(texts / "heldout" / "text.txt", (texts / "heldout" / "text.txt").read_bytes() + b" more")
+    assert changed(code / "model" / "llama.py", (code / "model" / "llama.py").read_bytes() + b"\n# edited\n")
+    assert key() != key(target="raspberry-pi-5")
+    assert cache_parts(job, "package", {"max_seq": 32}, str(tmp_path / "cache")) != key()

@@ -88,3 +88,29 @@ def test_cli_auto_build_infeasible_exits_nonzero_with_one_line(tmp_path):
     last = [l for l in res.output.splitlines() if l.startswith("error: ")]
     assert len(last) == 1 and "infeasible" in last[0] and "closest candidate" in last[0]
     assert (tmp_path / "o" / "report.md").exists()  # the report says why, even on failure
+
+
+def test_quality_cache_key_follows_the_weights_not_the_path_or_size(tmp_path, monkeypatch, builtin):
+    """A checkpoint directory edited in place (same path, same file sizes) gets a new quality cache."""
+    from safetensors.torch import load_file, save_file
+
+    from edge.search import QualityOracle
+    from tests.model.test_hf_cli import make_checkpoint
+
+    monkeypatch.setenv("EDGE_CACHE", str(tmp_path / "cache"))
+    ckpt = tmp_path / "tiny"
+    make_checkpoint(ckpt, builtin)
+    before = QualityOracle(str(ckpt), n_tokens=64, window=32, calib_samples=2)
+    assert QualityOracle(str(ckpt), n_tokens=64, window=32, calib_samples=2).cache_file == before.cache_file
+    st = ckpt / "model.safetensors"
+    size = st.stat().st_size
+    weights = load_file(st)
+    name = next(k for k in sorted(weights) if k.endswith("down_proj.weight"))
+    weights[name] = weights[name] + 0.01
+    save_file(weights, st, metadata={"format": "pt"})
+    assert st.stat().st_size == size
+    after = QualityOracle(str(ckpt), n_tokens=64, window=32, calib_samples=2)
+    assert after.cache_parts()["model"] != before.cache_parts()["model"]
+    assert after.cache_file != before.cache_file
+    # the held-out tokens scored are part of it too
+    assert QualityOracle(str(ckpt), n_tokens=32, window=32, calib_samples=2).cache_file != after.cache_file

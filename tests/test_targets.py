@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,62 @@ def test_probe_writes_a_valid_profile():
     assert t.units["cpu"].peak["fp32"] == pytest.approx(2 * 2.1e9 * 32)  # AVX2 FMA ceiling, an estimate
     assert t.provenance["units.cpu.peak.int8"].startswith("estimate")
     assert t.runtime_for("q4_0").name == "llama.cpp"
+
+
+REPO = Path(__file__).resolve().parent.parent
+URL = re.compile(r"https?://[^\s\"')]+")
+RESULTS = re.compile(r"benchmarks/results/[\w./-]*\w")
+# a path on somebody's machine (absolute or under a home directory): a reader of the repo cannot open it
+MACHINE_PATH = re.compile(r"(?<![\w.:/])(?:~|/(?:work|home|tmp|root|mnt|opt|Users|var|data))/")
+# wording that claims a measurement of ours: it must name the results file that holds it
+OURS = re.compile(r"measured by us|by the lead|edge targets probe|benchmarks/\w+\.py|on this machine", re.I)
+
+
+def citations(doc: dict) -> list[tuple[str, str]]:
+    """(where, text) of every citation in a profile: the sources table and each efficiency row's fitted_to."""
+    out = [(f"sources.{k}", v) for k, v in doc["sources"].items()]
+    for i, row in enumerate(doc.get("efficiency") or []):
+        fitted = row.get("fitted_to") or []
+        out += [(f"efficiency[{i}].fitted_to", t) for t in ([fitted] if isinstance(fitted, str) else fitted)]
+    return out
+
+
+@pytest.mark.parametrize("path", sorted(TARGETS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_source_is_one_a_reader_can_follow(path: Path):
+    """A URL, a named public document, or a results file committed under benchmarks/results/; never a file
+    on a build machine, and a measurement of ours only with the results file that holds it."""
+    for where, text in citations(yaml.safe_load(path.read_text())):
+        what = f"{path.name} {where}: {text!r}"
+        assert isinstance(text, str) and len(text.split()) >= 3, f"{what} does not name what it cites"
+        assert not MACHINE_PATH.search(text), f"{what} names a file on a build machine"
+        results = RESULTS.findall(text)
+        for r in results:
+            assert (REPO / r).is_file(), f"{what} names {r}, which is not in the repository"
+        if OURS.search(text):
+            assert results, f"{what} cites a measurement of ours without its results file in benchmarks/results/"
+
+
+def test_host_peaks_are_not_below_what_the_probe_measured():
+    """A peak is a ceiling: the simulator's efficiency fractions are rates over it, so a measured rate above
+    it would be a fraction above 1. The host profile's figures come from this results file."""
+    import json
+
+    m = json.loads((REPO / "benchmarks/results/sim_probe_host.json").read_text())
+    t = load_target("host-x86-2core")
+    assert t.units["cpu"].peak["int8"] >= m["int8_ops"] * 0.999  # the file's figure, rounded to 4 digits
+    assert t.units["cpu"].peak["fp32"] >= m["fp32_ops"]
+    assert t.memory.measured_bandwidth == pytest.approx(m["bandwidth"], rel=1e-3)
+
+
+def test_probe_peak_is_the_measured_rate_where_a_library_beats_the_simd_ceiling():
+    from edge.probe import profile_yaml
+
+    m = {"date": "2026-01-01", "repeats": 5, "rounds": 1, "load_avg": 0.5, "machine": "x86_64", "cores": 2,
+         "cpu": {"model": "Test CPU", "mhz": 2100.0, "caches": {"l1d": 49152}, "simd": ["avx512_vnni"]},
+         "mem_total": 8 * 2**30, "mem_available": 6 * 2**30, "bandwidth_read": 1.2e10, "bandwidth_copy": 2e10,
+         "bandwidth": 2e10, "fp32_ops": 1.9e11, "int8_ops": 1.118e12}
+    text = profile_yaml(m, name="probed", results="benchmarks/results/sim_probe_host.json")
+    t = parse_profile(yaml.safe_load(text), "probed.yaml")
+    assert t.units["cpu"].peak["int8"] == pytest.approx(1.118e12, rel=1e-3)  # above the 1.075e12 VNNI ceiling
+    assert t.units["cpu"].peak["fp32"] == pytest.approx(2 * 2.1e9 * 64)  # the ceiling, above the 1.9e11 measured
+    assert "benchmarks/results/sim_probe_host.json" in t.sources["probe"]

@@ -317,31 +317,32 @@ def export_pte(model: nn.Module, path: str | Path, cfg: PteConfig = PteConfig(),
     return PteExport(path, cfg, time.perf_counter() - t0, delegated, outside, n_q, skipped, d_delegated, d_outside)
 
 
-def exporter_key() -> dict:
-    """What the lowered program depends on besides model and config: this module's source and format."""
-    import hashlib
+def exporter_key(model: nn.Module) -> dict:
+    """What the lowered program depends on besides weights and config: the program format and the
+    source of the code it is traced from (this exporter and the modules of ``model``'s layers, e.g.
+    edge/model/llama.py, whose MLP, embedding and RoPE tables the exported graph runs)."""
+    from edge.cache import code_hash, model_code
 
-    return {"pte_format": PTE_FORMAT_VERSION, "exporter_sha256": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
+    return {"pte_format": PTE_FORMAT_VERSION, "code": code_hash(__name__, *model_code(model))}
 
 
 def pte_cache_parts(model: nn.Module, cfg: PteConfig, bos_id: int | None = None,
                     eos_ids: list[int] | tuple[int, ...] = (), model_sha256: str | None = None) -> dict:
-    """The stage-cache key parts of a lowered program: weights, spec, config, exporter, tool versions."""
-    from edge.build import model_hash
-    from edge.cache import tool_versions
+    """The stage-cache key parts of a lowered program: weights, spec, config, code, tool versions."""
+    from edge.cache import model_hash, tool_versions
 
     return {"model": model_sha256 or model_hash(model), "spec": model.spec.to_dict(),
             "config": {"quant": cfg.quant, "max_seq": cfg.max_seq, "group_size": cfg.group_size,
                        "decode_method": cfg.decode_method},
-            "bos_id": bos_id, "eos_ids": list(eos_ids), "exporter": exporter_key(), "tools": tool_versions()}
+            "bos_id": bos_id, "eos_ids": list(eos_ids), "exporter": exporter_key(model), "tools": tool_versions()}
 
 
 def export_pte_cached(model: nn.Module, path: str | Path | None, cfg: PteConfig = PteConfig(),
                       bos_id: int | None = None, eos_ids: list[int] | tuple[int, ...] = (), cache=None,
                       model_sha256: str | None = None) -> tuple[PteExport, bool]:
     """``export_pte`` through the stage cache (``edge.cache``, stage ``export-pte``): lowering takes
-    minutes, so a program lowered before from the same weights, spec, config, exporter source and
-    tool versions is copied to ``path`` instead (``path`` None: the cache entry's own file is
+    minutes, so a program lowered before from the same weights, spec, config, exporter and model
+    source and tool versions is copied to ``path`` instead (``path`` None: the cache entry's own file is
     returned). Returns (the export record, whether it was a cache hit); ``seconds`` is this call's."""
     import shutil
 

@@ -254,7 +254,7 @@ PRESETS: dict[str, QuantRecipe] = {r.name: r for r in (
                 note="edge.quant.w8a8's static W8A8 (edge build's ONNX QDQ scheme): rotation, GPTQ int8 per-channel "
                 "linears, MSE-clipped static per-tensor activation scales, every down_proj input and the 6 groups "
                 "with the largest int8 error at int16 (float on a unit without int16), embedding/lm_head float. "
-                "--method rtn/awq or a recipe file with smoothquant: the quantize stage's older path (int8 "
+                "--method rtn/awq or a recipe file with smoothquant: SmoothQuant instead (int8 "
                 "weights, absmax static scales, SmoothQuant alpha as given)"),
     QuantRecipe("8da4w", _all("int4_g32", output="int4_g32", router="int8"), method="gptq",
                 activations="int8_dynamic", sim_preset="8da4w",

@@ -17,7 +17,32 @@ def test_cache_key_follows_weights_config_and_exporter():
     assert base != pte_cache_parts(m, PteConfig(max_seq=16))
     assert base != pte_cache_parts(m, PteConfig(max_seq=32, decode_method=True))
     assert base != pte_cache_parts(m, PteConfig(max_seq=32), bos_id=1)
-    assert len(base["exporter"]["exporter_sha256"]) == 64 and base["tools"]["executorch"] != "-"
+    assert len(base["exporter"]["code"]) == 64 and base["tools"]["executorch"] != "not installed"
+
+
+def test_cache_key_follows_the_model_code_the_graph_runs(tmp_path, monkeypatch):
+    """The exported graph runs the model's own layers (edge/model/llama.py: MLP, embedding, RoPE
+    tables): editing that source, or the exporter's, must change the key; an unrelated module must not."""
+    import shutil
+    from pathlib import Path
+
+    import edge.cache
+    from edge.cache import model_code
+    from edge.export.executorch import PteConfig, pte_cache_parts
+
+    m = tiny_model()
+    assert "edge.model.llama" in model_code(m)
+    copy = tmp_path / "edge"
+    shutil.copytree(Path(edge.cache.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(edge.cache, "EDGE_DIR", copy)
+    keys = []
+    for rel in (None, "model/llama.py", "export/executorch.py", "sim/report.py"):
+        if rel:
+            with open(copy / rel, "a") as f:
+                f.write("\n# edited\n")
+        keys.append(pte_cache_parts(m, PteConfig(max_seq=32), model_sha256="w"))
+    assert keys[0] != keys[1] != keys[2]
+    assert keys[2] == keys[3]  # the simulator's report module is not in the lowered program
 
 
 def test_second_build_hits_the_cache_and_is_byte_identical(tmp_path, monkeypatch):
@@ -39,8 +64,11 @@ def test_second_build_hits_the_cache_and_is_byte_identical(tmp_path, monkeypatch
     a, b = (p / "model.pte" for p in pkgs)
     assert a.read_bytes() == b.read_bytes()
     assert (pkgs[0] / "manifest.json").read_bytes() == (pkgs[1] / "manifest.json").read_bytes()
-    art = json.loads((pkgs[1] / "manifest.json").read_text())["artifacts"][0]
+    manifest = json.loads((pkgs[1] / "manifest.json").read_text())
+    art = manifest["artifacts"][0]
     assert art["runtime"] == "executorch" and art["export"]["delegated"] > 0
+    entry = next((tmp_path / "cache" / "v1" / "export-pte").glob("*/.edge-entry.json"))
+    assert manifest["tools"] == json.loads(entry.read_text())["parts"]["tools"]  # one list of what made it
 
 
 def test_damaged_entry_is_rebuilt_and_lowering_is_deterministic(tmp_path):
