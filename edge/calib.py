@@ -18,7 +18,6 @@ A set name may also be the path of a UTF-8 text file (the user's own data).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import math
@@ -33,7 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import yaml
 
-from edge.errors import ConfigError
+from edge.errors import ConfigError, did_you_mean
 
 CALIB_DIR = Path(__file__).resolve().parent.parent / "calib"
 
@@ -162,9 +161,7 @@ def _looks_like_path(name: str) -> bool:
 
 def _unknown_set_message(name: str, root: Path) -> str:
     known = list_sets(root)
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    return f"no calibration set '{name}' in {root}; {hint}known: {', '.join(known) or '(none)'}"
+    return f"no calibration set '{name}' in {root}{did_you_mean(name, known)}; known: {', '.join(known) or '(none)'}"
 
 
 @dataclass(frozen=True)

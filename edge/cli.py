@@ -202,13 +202,13 @@ def prune_cmd(model, out, recipe, ratio, params, kind, ffn_dim, n_heads, n_kv_he
 def quantize_cmd(model, recipe, method, calib, n_samples, seq_len, seed, out, target, runtime, as_json) -> None:
     """Quantize MODEL with RECIPE on calibration data; write model.gguf (or tensors.npz + act_scales.json)
     and a report."""
-    from edge.quant.pipeline import quantize_to_dir
+    from edge.quantize_dir import quantize_to_dir
 
     w8 = None
     if target:
         from edge.export.check import check_recipe
         from edge.quant.configs import load_recipe
-        from edge.quant.pipeline import uses_w8a8_scheme
+        from edge.quantize_dir import uses_w8a8_scheme
         from edge.targets import load_target
 
         t = load_target(target)

@@ -6,6 +6,9 @@ exits non-zero without a traceback. Internal invariants use `assert`, not these.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class EdgeError(Exception):
     """Base class: a user-facing failure with a one-line explanation."""
@@ -33,3 +36,10 @@ class BudgetFailed(EdgeError):
     """A build or simulation that does not meet its budgets."""
 
     exit_code = 1
+
+
+def did_you_mean(name: object, known: Iterable) -> str:
+    """`` (did you mean 'x'?)`` for the known name closest to ``name``, or '' when none is close: the
+    hint a message puts after the unknown value and before the allowed set."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -18,14 +18,14 @@ that holds figures says where they come from with ``source: <key of the sources 
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge.errors import ConfigError, UnknownTarget
+from edge.budgets import parse_budget
+from edge.errors import ConfigError, UnknownTarget, did_you_mean
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 
@@ -49,6 +49,8 @@ _QUANTITY = re.compile(r"^\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za
 
 DTYPES = ("fp32", "fp16", "bf16", "fp8", "int16", "int8", "int4")
 UNIT_KINDS = ("cpu", "gpu", "npu", "dsp", "bpu")
+# parts of a decoder a runtime may leave on the CPU when the rest runs on an accelerator (runtimes.*.cpu_ops)
+CPU_OPS = ("embedding", "norm", "rope", "softmax", "attention", "lm_head", "sampling", "moe_router")
 
 
 def parse_quantity(value: Any, kind: str, where: str) -> float:
@@ -64,9 +66,8 @@ def parse_quantity(value: Any, kind: str, where: str) -> float:
         )
     number, unit = float(m.group(1)), m.group(2)
     if unit not in units:
-        close = difflib.get_close_matches(unit, list(units), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"{where}: unit '{unit}' is not a {kind} unit{hint}; allowed: {', '.join(units)}")
+        raise ConfigError(f"{where}: unit '{unit}' is not a {kind} unit{did_you_mean(unit, units)}; "
+                          f"allowed: {', '.join(units)}")
     if number <= 0:
         raise ConfigError(f"{where}: must be positive, got {value!r}")
     return number * units[unit]
@@ -119,7 +120,7 @@ class Runtime:
     recipes: tuple[str, ...]
     threads: int = 1  # CPU threads it keeps busy while computing (spinning counts)
     overhead: float = 0.0  # bytes of runtime memory beside weights, KV and activations
-    cpu_ops: tuple[str, ...] = ()  # parts that fall back to the CPU (see edge.sim.model.CPU_OPS)
+    cpu_ops: tuple[str, ...] = ()  # parts that fall back to the CPU (CPU_OPS)
     host_core_share: float = 0.0  # cores spent driving an accelerator, while it computes
     static_kv: bool = False  # attention runs over the whole allocated context every step
     max_graph_bytes: float = 0.0  # a compiled graph's size limit (0: none); larger models are split
@@ -192,7 +193,7 @@ class TargetProfile:
                 )
         if runtime not in self.runtimes:
             raise ConfigError(
-                f"target {self.name}: no runtime '{runtime}'{_suggest(runtime, self.runtimes)}; "
+                f"target {self.name}: no runtime '{runtime}'{did_you_mean(runtime, self.runtimes)}; "
                 f"known: {', '.join(self.runtimes)}"
             )
         rt = self.runtimes[runtime]
@@ -215,11 +216,6 @@ class TargetProfile:
 
 
 # ---- loading and validation ------------------------------------------------------------------
-def _suggest(name: str, known) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 class _Reader:
     """Walks one YAML document, checking keys, units and provenance; errors name file and key."""
 
@@ -239,7 +235,7 @@ class _Reader:
             if k not in allowed:
                 raise self.err(
                     f"{key}.{k}" if key else str(k),
-                    f"unknown key{_suggest(str(k), allowed)}; allowed: {', '.join(allowed)}",
+                    f"unknown key{did_you_mean(str(k), allowed)}; allowed: {', '.join(allowed)}",
                 )
         for k in required:
             if k not in d:
@@ -256,7 +252,7 @@ class _Reader:
                 if s not in self.sources:
                     raise self.err(
                         f"{key}.source",
-                        f"'{s}' is not in the sources table{_suggest(str(s), self.sources)}; "
+                        f"'{s}' is not in the sources table{did_you_mean(str(s), self.sources)}; "
                         f"known: {', '.join(self.sources)}",
                     )
             return "source: " + "; ".join(f"{s} ({self.sources[s]})" for s in names)
@@ -294,7 +290,7 @@ class _Reader:
             raise self.err(key, f"expected a list of names, got {value!r}")
         for v in value:
             if allowed and v not in allowed:
-                raise self.err(key, f"'{v}' is not allowed{_suggest(v, allowed)}; allowed: {', '.join(allowed)}")
+                raise self.err(key, f"'{v}' is not allowed{did_you_mean(v, allowed)}; allowed: {', '.join(allowed)}")
         return tuple(value)
 
     def string(self, value: Any, key: str) -> str:
@@ -351,7 +347,7 @@ def parse_profile(doc: Any, path: str = "<profile>") -> TargetProfile:
     name = r.string(doc["name"], "name")
     cls = doc.get("class", "host")
     if cls not in _CLASSES:
-        raise r.err("class", f"'{cls}' is not a device class{_suggest(str(cls), _CLASSES)}; allowed: {', '.join(_CLASSES)}")
+        raise r.err("class", f"'{cls}' is not a device class{did_you_mean(str(cls), _CLASSES)}; allowed: {', '.join(_CLASSES)}")
 
     m = r.mapping(doc["memory"], "memory", ("total", "available", "dram", "peak_bandwidth",
                                             "measured_bandwidth", *_PROV), ("total", "available", "peak_bandwidth"))
@@ -400,7 +396,7 @@ def parse_profile(doc: Any, path: str = "<profile>") -> TargetProfile:
         key = f"units.{uname}"
         u = r.mapping(u, key, ("kind", "peak", "dtypes", "sparsity", *_PROV), ("kind", "peak", "dtypes"))
         if u["kind"] not in UNIT_KINDS:
-            raise r.err(f"{key}.kind", f"'{u['kind']}' is not a unit kind{_suggest(str(u['kind']), UNIT_KINDS)}; "
+            raise r.err(f"{key}.kind", f"'{u['kind']}' is not a unit kind{did_you_mean(str(u['kind']), UNIT_KINDS)}; "
                                        f"allowed: {', '.join(UNIT_KINDS)}")
         p = r.provenance_of(u, key, "")
         peak_d = r.mapping(u["peak"], f"{key}.peak", DTYPES)
@@ -413,14 +409,12 @@ def parse_profile(doc: Any, path: str = "<profile>") -> TargetProfile:
     runtimes: dict[str, Runtime] = {}
     if not isinstance(doc["runtimes"], dict) or not doc["runtimes"]:
         raise r.err("runtimes", "expected a mapping of runtime name -> {unit, formats, recipes, ...}")
-    from edge.sim.model import CPU_OPS
-
     for rname, rt in doc["runtimes"].items():
         key = f"runtimes.{rname}"
         rt = r.mapping(rt, key, ("unit", "formats", "recipes", "threads", "overhead", "cpu_ops", "host_core_share",
                                  "static_kv", "max_graph_bytes", "toolchain", "sparsity", *_PROV), ("unit", "formats", "recipes"))
         if rt["unit"] not in units:
-            raise r.err(f"{key}.unit", f"'{rt['unit']}' is not a unit of this profile{_suggest(rt['unit'], units)}; "
+            raise r.err(f"{key}.unit", f"'{rt['unit']}' is not a unit of this profile{did_you_mean(rt['unit'], units)}; "
                                        f"known: {', '.join(units)}")
         p = r.provenance_of(rt, key, "")
         share = rt.get("host_core_share", 0.0)
@@ -449,10 +443,8 @@ def parse_profile(doc: Any, path: str = "<profile>") -> TargetProfile:
     for rec, rn in dr.items():
         if rn not in runtimes:
             raise r.err(f"defaults.runtime.{rec}", f"'{rn}' is not a runtime of this profile"
-                                                   f"{_suggest(str(rn), runtimes)}; known: {', '.join(runtimes)}")
+                                                   f"{did_you_mean(str(rn), runtimes)}; known: {', '.join(runtimes)}")
     budgets = r.strings(d.get("budgets", []), "defaults.budgets")
-    from edge.sim.budgets import parse_budget
-
     for i, b in enumerate(budgets):
         try:
             parse_budget(b)
@@ -462,7 +454,7 @@ def parse_profile(doc: Any, path: str = "<profile>") -> TargetProfile:
     workload = {k: r.positive_int(v, f"defaults.workload.{k}") for k, v in wl.items()}
     recipe = d.get("recipe", "")
     if recipe and recipe not in PRESETS:
-        raise r.err("defaults.recipe", f"'{recipe}' is not a preset{_suggest(recipe, PRESETS)}")
+        raise r.err("defaults.recipe", f"'{recipe}' is not a preset{did_you_mean(recipe, PRESETS)}")
 
     eff: list[Efficiency] = []
     if not isinstance(doc["efficiency"], list) or not doc["efficiency"]:
@@ -476,7 +468,7 @@ def parse_profile(doc: Any, path: str = "<profile>") -> TargetProfile:
                       ("runtime", "compute_dtype", "decode_bandwidth", "decode_compute", "prefill_compute"))
         if e["runtime"] not in runtimes:
             raise r.err(f"{key}.runtime", f"'{e['runtime']}' is not a runtime of this profile"
-                                          f"{_suggest(str(e['runtime']), runtimes)}")
+                                          f"{did_you_mean(str(e['runtime']), runtimes)}")
         unit = units[runtimes[e["runtime"]].unit]
         if e["compute_dtype"] not in unit.peak:
             raise r.err(f"{key}.compute_dtype", f"unit '{unit.name}' has no peak for '{e['compute_dtype']}'; "
@@ -551,7 +543,7 @@ def load_target(name_or_path: str | Path, directory: str | Path | None = None) -
     if p.suffix not in (".yaml", ".yml") or not p.exists():
         known = list_targets(directory)
         if str(name_or_path) not in known:
-            raise UnknownTarget(f"no target '{name_or_path}'{_suggest(str(name_or_path), known)}; known: "
+            raise UnknownTarget(f"no target '{name_or_path}'{did_you_mean(str(name_or_path), known)}; known: "
                                 f"{', '.join(known)}")
         p = (Path(directory) if directory else TARGETS_DIR) / f"{name_or_path}.yaml"
     try:

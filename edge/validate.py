@@ -10,21 +10,21 @@ as passed, and makes the report fail unless ``allow_missing=True`` (``edge valid
 
 Accuracy defaults (what a deployable package must keep): top-1 agreement >= 0.95 for 8-bit and float
 recipes, >= 0.85 for 4-bit ones. Budgets on ``top1``, ``kld`` and ``ppl_change`` are accuracy
-checks; any other name is a simulator budget (``edge.sim.BUDGET_FIGURES``).
+checks (``edge.budgets.ACCURACY_FIGURES``); the simulator's figures are simulator budgets
+(``edge.budgets.BUDGET_FIGURES``); both in the one budget grammar of ``edge.budgets``.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
+from edge.budgets import ACCURACY_FIGURES, VALIDATE_FIGURES, Budget, parse_budget
 from edge.errors import ConfigError
 
-ACCURACY_FIGURES = {"top1": "top1_agreement", "kld": "kld_mean", "ppl_change": "ppl_change"}
+COMPARISON_KEYS = {"top1": "top1_agreement", "kld": "kld_mean", "ppl_change": "ppl_change"}  # edge.eval's names
 FOUR_BIT = ("8da4w", "q4_0", "q4_k_m", "w4a16")
-_BUDGET = re.compile(r"^\s*([a-z_0-9]+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$")
 
 
 @dataclass
@@ -75,22 +75,16 @@ class ValidationReport:
         return "\n".join(rows) + "\n"
 
 
-def parse_budgets(budgets) -> tuple[list[tuple[str, str, float]], list[str]]:
-    """Split ``name<=x`` / ``name>=x`` strings into accuracy checks and simulator budgets."""
+def parse_budgets(budgets) -> tuple[list[Budget], list[str]]:
+    """Split budget strings into accuracy checks (parsed) and simulator budgets (the strings)."""
     acc, sim = [], []
-    for b in budgets:
-        m = _BUDGET.match(b)
-        if not m:
-            raise ConfigError(f"budget '{b}' is not NAME<=VALUE or NAME>=VALUE, e.g. 'top1>=0.9'")
-        if m.group(1) in ACCURACY_FIGURES:
-            acc.append((m.group(1), m.group(2), float(m.group(3))))
+    for text in budgets:
+        b = parse_budget(text, VALIDATE_FIGURES)
+        if b.name in ACCURACY_FIGURES:
+            acc.append(b)
         else:
-            sim.append(b)
+            sim.append(text)
     return acc, sim
-
-
-def _holds(value: float, op: str, limit: float) -> bool:
-    return value <= limit if op == "<=" else value >= limit
 
 
 def validate(package: str | Path, budgets=(), reference=None, window: int | None = None,
@@ -110,8 +104,9 @@ def validate(package: str | Path, budgets=(), reference=None, window: int | None
     rep = ValidationReport(str(pkg), allow_missing=allow_missing)
     rep.checks.append(Check("checksums", True, detail=f"{len(m['files'])} files"))
     acc_budgets, sim_budgets = parse_budgets(budgets)
-    if not any(b[0] == "top1" for b in acc_budgets):
-        acc_budgets.append(("top1", ">=", 0.85 if m["recipe"] in FOUR_BIT else 0.95))
+    if not any(b.name == "top1" for b in acc_budgets):
+        top1 = 0.85 if m["recipe"] in FOUR_BIT else 0.95
+        acc_budgets.append(Budget("top1", ">=", top1, f"top1>={top1}"))
     if reference is None:
         reference = _reference(m)
     ev = m.get("evaluation", {})
@@ -131,9 +126,9 @@ def validate(package: str | Path, budgets=(), reference=None, window: int | None
         host = _Memo(runner.logits)
         c = compare(reference, host, text, window=window, max_windows=max_windows).to_dict()
         rep.accuracy[name] = c
-        for fig, op, limit in acc_budgets:
-            v = c[ACCURACY_FIGURES[fig]]
-            rep.checks.append(Check(f"{name}: {fig}", _holds(v, op, limit), round(v, 6), f"{op}{limit}",
+        for b in acc_budgets:
+            v = c[COMPARISON_KEYS[b.name]]
+            rep.checks.append(Check(f"{name}: {b.name}", b.check(v), round(v, 6), f"{b.op}{b.limit:g}",
                                     f"against the reference model ({_reference_name(m)}) on {c['tokens']} "
                                     "held-out tokens"))
         if art.get("device_runtime") == "qnn-htp" and art.get("layout", {}).get("dtype", "").startswith("qdq"):
@@ -192,9 +187,9 @@ def _htp_checks(rep, pkg: Path, m: dict, art: dict, reference, host, text, windo
     c = compare(reference, dev, text, window=window, max_windows=max_windows).to_dict()
     c["seconds"] = round(time.perf_counter() - t0, 1)
     rep.accuracy[name] = c
-    for fig, op, limit in acc_budgets:
-        v = c[ACCURACY_FIGURES[fig]]
-        out.append(Check(f"{name}: {fig}", _holds(v, op, limit), round(v, 6), f"{op}{limit}",
+    for b in acc_budgets:
+        v = c[COMPARISON_KEYS[b.name]]
+        out.append(Check(f"{name}: {b.name}", b.check(v), round(v, 6), f"{b.op}{b.limit:g}",
                          f"against the reference model ({_reference_name(m)}) on {c['tokens']} held-out tokens"))
     vs = compare(host, dev, text, window=window, max_windows=max_windows).to_dict()
     rep.accuracy[f"{name} vs {art['files'][0]} (onnxruntime)"] = vs

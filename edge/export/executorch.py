@@ -37,7 +37,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edge.cache import StageCache, model_hash, tool_versions
 from edge.errors import ConfigError, EdgeError
+from edge.model.llama import rotate_half_matrix
+from edge.runtime.executorch import load_custom_ops
 
 # recipe name -> (activation, weight bits): what each .pte weight format means. torchao's
 # weight-only configs do not lower in ExecuTorch 1.5.1 ("Missing out variants"), so only the
@@ -91,22 +94,6 @@ class PteExport:
         return out
 
 
-def load_custom_ops() -> None:
-    """Register ExecuTorch's llama custom ops (ATen side for export, kernels for the runtime)."""
-    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
-
-
-def load_quantized_kernels() -> None:
-    """The 4-bit packed embedding kernel lives in a library ExecuTorch does not load by itself."""
-    import ctypes
-
-    import executorch
-
-    lib = Path(list(executorch.__path__)[0]) / "lib" / "libexecutorch_kernels_quantized.so"
-    if lib.exists():
-        ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
-
-
 # ---- export-friendly module swaps (applied to a copy) ----------------------------------------
 class MatmulRMSNorm(nn.Module):
     """RMSNorm with the mean of squares as ``(x*x) @ (1/dim)``: a matmul XNNPACK runs."""
@@ -121,15 +108,6 @@ class MatmulRMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ms = (x * x) @ self.inv_dim  # (B, T, 1)
         return x * torch.rsqrt(ms + self.eps) * self.weight
-
-
-def rotate_half_matrix(hd: int) -> torch.Tensor:
-    """R with ``x @ R == cat(-x2, x1)`` (rotate_half of the reference model), (hd, hd)."""
-    h = hd // 2
-    r = torch.zeros(hd, hd)
-    r[torch.arange(h) + h, torch.arange(h)] = -1.0
-    r[torch.arange(h), torch.arange(h) + h] = 1.0
-    return r
 
 
 class CustomOpAttention(nn.Module):
@@ -328,9 +306,7 @@ def exporter_key(model: nn.Module) -> dict:
 
 def pte_cache_parts(model: nn.Module, cfg: PteConfig, bos_id: int | None = None,
                     eos_ids: list[int] | tuple[int, ...] = (), model_sha256: str | None = None) -> dict:
-    """The stage-cache key parts of a lowered program: weights, spec, config, code, tool versions."""
-    from edge.cache import model_hash, tool_versions
-
+    """The stage-cache key parts of a lowered program: weights, spec, config, exporter, tool versions."""
     return {"model": model_sha256 or model_hash(model), "spec": model.spec.to_dict(),
             "config": {"quant": cfg.quant, "max_seq": cfg.max_seq, "group_size": cfg.group_size,
                        "decode_method": cfg.decode_method},
@@ -345,8 +321,6 @@ def export_pte_cached(model: nn.Module, path: str | Path | None, cfg: PteConfig 
     source and tool versions is copied to ``path`` instead (``path`` None: the cache entry's own file is
     returned). Returns (the export record, whether it was a cache hit); ``seconds`` is this call's."""
     import shutil
-
-    from edge.cache import StageCache
 
     t0 = time.perf_counter()
     cache = cache if cache is not None else StageCache()

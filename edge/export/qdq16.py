@@ -2,7 +2,7 @@
 Qualcomm's Hexagon NPU through ONNX Runtime's QNN execution provider (the recipe Qualcomm's own
 LLM exports use: activations at 16 bits, weights at 4 or 8).
 
-The graph is the one ``edge.export.onnx`` writes (KV cache as explicit inputs/outputs, mask and
+The graph is the one ``edge.export.onnx_graph`` describes (KV cache as explicit inputs/outputs, mask and
 RoPE as inputs, fixed T, split by the target's graph-size limit), at opset 21, then:
 
 - the linear layers' inputs and outputs get uint16 QuantizeLinear/DequantizeLinear pairs with static
@@ -34,7 +34,7 @@ error on a toy MatMul where the graph's own arithmetic gives 0): the layout asks
 from __future__ import annotations
 
 import copy
-import hashlib
+import dataclasses
 import time
 import warnings
 from pathlib import Path
@@ -44,6 +44,11 @@ import torch
 from torch import nn
 
 from edge.errors import ConfigError, EdgeError
+from edge.export import onnx_graph as ox
+from edge.export.onnx_graph import weight_digest
+from edge.quant.configs import load_recipe
+from edge.quant.quantize import quantize as quantize_weights
+from edge.runtime.onnxruntime import OnnxRunner
 
 OPSET = 21  # blocked and 4-bit DequantizeLinear, 16-bit Q/DQ in the default domain
 MASK_MIN_16 = -100.0  # the mask shares the scores' uint16 range: -10000 would leave a 0.15 step for them
@@ -73,20 +78,12 @@ INT8_CLASSES = ("attn_k", "attn_v", "ffn_up", "ffn_down")
 
 def w4a16_recipe(base="w4a16"):
     """The quantization recipe the writer uses: ``base`` with INT8_CLASSES at int8 (recorded in the layout)."""
-    import dataclasses
-
-    from edge.quant.configs import load_recipe
-
     r = load_recipe(base)
     if r.name != "w4a16":
         return r
     return dataclasses.replace(r, weights={**r.weights, **{c: "int8" for c in INT8_CLASSES}},
                                note=f"int4 g64 GPTQ weights, {', '.join(INT8_CLASSES)} and the output head int8 per "
                                "channel (mixed w4/w8), 16-bit activations (QNN HTP)")
-
-
-def _digest(a: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()
 
 
 def _pack4(codes: np.ndarray) -> bytes:
@@ -171,7 +168,7 @@ def _weight_names(model: nn.Module, q) -> dict[str, str]:
         key = "lm_head.weight" if name == "embed_tokens.weight" else name  # tied: the head's MatMul
         w = model.get_submodule(key.rsplit(".", 1)[0]).weight  # (named_parameters lists a tied tensor once)
         if w.dim() == 2:
-            out[_digest(w.detach().float().numpy().T)] = name
+            out[weight_digest(w.detach().float().numpy().T)] = name
     return out
 
 
@@ -185,7 +182,7 @@ def _match_matmuls(path: Path, by_digest: dict[str, str]) -> dict[str, str]:
     out = {}
     for n in mp.graph.node:
         if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2:
-            name = by_digest.get(_digest(numpy_helper.to_array(inits[n.input[1]])))
+            name = by_digest.get(weight_digest(numpy_helper.to_array(inits[n.input[1]])))
             if name is not None:
                 out[n.name] = name
     return out
@@ -228,14 +225,9 @@ def _replace_weights(path: Path, matmuls: dict[str, str], q) -> dict[str, int]:
 def export_w4a16(model: nn.Module, out_dir: str | Path, cfg, stem: str = "model", calib_tokens=None,
                  recipe="w4a16", progress=None):
     """Quantize a copy of ``model`` with ``recipe`` (GPTQ on ``calib_tokens`` (n, T)), export it
-    through ``edge.export.onnx`` at opset 21 and make it a w4a16 QDQ graph. -> OnnxExport."""
+    through ``edge.export.onnx_graph`` at opset 21 and make it a w4a16 QDQ graph. -> OnnxExport."""
     from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
-
-    from edge.export import onnx as ox
-    from edge.quant.configs import load_recipe
-    from edge.quant.quantize import quantize as quantize_weights
-    from edge.runtime.onnxruntime import OnnxRunner
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -275,7 +267,7 @@ def export_w4a16(model: nn.Module, out_dir: str | Path, cfg, stem: str = "model"
         part = ox.OnnxPart(m, lo, hi)
         if part.norm is not None:
             part.norm = DivRMSNorm(part.norm)
-        ox._export_part(part, tmp, cfg, m.spec, torch.float32)
+        ox.export_part(part, tmp, cfg, m.spec, torch.float32)
         ox.check_format(tmp, fmt)
         matched.append(_match_matmuls(tmp, by_digest))
         tmp.replace(out_dir / f)

@@ -94,6 +94,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((xr * cos + rotate_half(xr) * sin, xp), dim=-1)
 
 
+def rotate_half_matrix(hd: int) -> torch.Tensor:
+    """R (hd, hd) with ``x @ R == rotate_half(x)``: RoPE as a matmul, for backends that take a matmul
+    better than slicing and concatenating (the exporters write ``x*cos + (x@R)*sin``)."""
+    h = hd // 2
+    r = torch.zeros(hd, hd)
+    r[torch.arange(h) + h, torch.arange(h)] = -1.0
+    r[torch.arange(h), torch.arange(h) + h] = 1.0
+    return r
+
+
 class KVCache(nn.Module):
     """Fixed-size cache buffers (B, n_kv, max_seq, hd), written at ``input_pos``."""
 

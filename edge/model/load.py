@@ -7,12 +7,11 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge.errors import ModelLoadError
+from edge.errors import ModelLoadError, did_you_mean
 from edge.model.spec import ModelSpec
 
 
@@ -80,10 +79,8 @@ def resolve(name_or_path: str | Path) -> ModelSource:
         return ModelSource("builtin", builtin_path(s), s)
     p = Path(s)
     if not p.exists():
-        close = difflib.get_close_matches(s, list(BUILTIN_MODELS), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
         raise ModelLoadError(
-            f"model '{s}': no such file or directory and not a built-in model; {hint}"
+            f"model '{s}': no such file or directory and not a built-in model{did_you_mean(s, BUILTIN_MODELS)}; "
             f"built-in: {', '.join(BUILTIN_MODELS)}; or give a .gguf file, a Hugging Face checkpoint "
             "directory, or a config.json"
         )

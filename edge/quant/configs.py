@@ -19,14 +19,13 @@ Torch-free: the simulator and the CLI read recipes without loading a model.
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
 
-from edge.errors import ConfigError
+from edge.errors import ConfigError, did_you_mean
 
 # weight tensor classes (the simulator's names, edge.sim.recipes.TENSOR_CLASSES, minus norms)
 TENSOR_CLASSES = (
@@ -45,11 +44,6 @@ CLASS_MODULES: dict[str, str] = {
 }
 
 
-def _hint(name, known) -> str:
-    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 # Format names and bits per weight, without importing torch (primitives imports torch).
 FORMAT_BPW: dict[str, float] = {
     "f32": 32.0, "f16": 16.0, "q8_0": 8.5, "q5_0": 5.5, "q4_0": 4.5, "int8": 8.0,
@@ -60,7 +54,7 @@ FORMAT_BPW: dict[str, float] = {
 
 def _check_format(where: str, fmt: str) -> None:
     if fmt not in FORMAT_BPW:
-        raise ConfigError(f"{where}: unknown weight format '{fmt}'{_hint(fmt, FORMAT_BPW)}; "
+        raise ConfigError(f"{where}: unknown weight format '{fmt}'{did_you_mean(fmt, FORMAT_BPW)}; "
                           f"allowed: {', '.join(FORMAT_BPW)}")
 
 
@@ -137,7 +131,7 @@ class QuantRecipe:
         where = f"recipe {self.name}"
         unknown = [c for c in self.weights if c not in TENSOR_CLASSES]
         if unknown:
-            raise ConfigError(f"{where}: unknown tensor class '{unknown[0]}'{_hint(unknown[0], TENSOR_CLASSES)}; "
+            raise ConfigError(f"{where}: unknown tensor class '{unknown[0]}'{did_you_mean(unknown[0], TENSOR_CLASSES)}; "
                               f"allowed: {', '.join(TENSOR_CLASSES)}")
         missing = [c for c in TENSOR_CLASSES if c not in self.weights]
         if missing:
@@ -147,7 +141,7 @@ class QuantRecipe:
         for choice, value, allowed in (("method", self.method, METHODS), ("activations", self.activations, ACTIVATIONS),
                                        ("kv_cache", self.kv_cache, KV_CACHE)):
             if value not in allowed:
-                raise ConfigError(f"{where}: {choice} '{value}'{_hint(value, allowed)} is not one of {', '.join(allowed)}")
+                raise ConfigError(f"{where}: {choice} '{value}'{did_you_mean(value, allowed)} is not one of {', '.join(allowed)}")
         if not 0 <= self.smoothquant <= 1:
             raise ConfigError(f"{where}: smoothquant alpha must be in [0, 1], got {self.smoothquant}")
         layers = {}
@@ -277,7 +271,7 @@ def load_recipe(name_or_path: str | Path | QuantRecipe, method: str | None = Non
         r = _from_file(Path(name_or_path))
     if method is not None and method != r.method:
         if method not in METHODS:
-            raise ConfigError(f"method '{method}'{_hint(method, METHODS)} is not one of {', '.join(METHODS)}")
+            raise ConfigError(f"method '{method}'{did_you_mean(method, METHODS)} is not one of {', '.join(METHODS)}")
         r = replace(r, method=method, name=f"{r.name}_{method.replace('+', '_')}")
     return r
 
@@ -288,10 +282,10 @@ def recipe_from_dict(doc: Mapping, where: str = "recipe") -> QuantRecipe:
     doc = dict(doc)
     for k in doc:
         if k not in _RECIPE_KEYS:
-            raise ConfigError(f"{where}: {k}: unknown key{_hint(k, _RECIPE_KEYS)}; allowed: {', '.join(_RECIPE_KEYS)}")
+            raise ConfigError(f"{where}: {k}: unknown key{did_you_mean(k, _RECIPE_KEYS)}; allowed: {', '.join(_RECIPE_KEYS)}")
     base_name = doc.pop("base", None) or None
     if base_name is not None and base_name not in PRESETS:
-        raise ConfigError(f"{where}: base: no preset '{base_name}'{_hint(base_name, PRESETS)}; "
+        raise ConfigError(f"{where}: base: no preset '{base_name}'{did_you_mean(base_name, PRESETS)}; "
                           f"presets: {', '.join(PRESETS)}")
     base = PRESETS[base_name] if base_name else None
     weights = dict(base.weights) if base else {}
@@ -325,7 +319,7 @@ def asdict_shallow(r: QuantRecipe) -> dict:
 
 def _from_file(p: Path) -> QuantRecipe:
     if not p.exists():
-        raise ConfigError(f"no recipe '{p}'{_hint(str(p), PRESETS)}; presets: {', '.join(PRESETS)} "
+        raise ConfigError(f"no recipe '{p}'{did_you_mean(str(p), PRESETS)}; presets: {', '.join(PRESETS)} "
                           "(or a .yaml/.json recipe file)")
     text = p.read_text(encoding="utf-8")
     try:

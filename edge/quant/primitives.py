@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from edge.errors import ConfigError
+from edge.errors import ConfigError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
 
 def get_format(name: str) -> Format:
     if name not in FORMATS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(FORMATS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ConfigError(f"unknown weight format '{name}'{hint}; allowed: {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown weight format '{name}'{did_you_mean(name, FORMATS)}; allowed: {', '.join(FORMATS)}")
     return FORMATS[name]
 
 

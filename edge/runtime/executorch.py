@@ -19,14 +19,28 @@ from edge.errors import ConfigError, ModelLoadError
 from edge.runtime.base import greedy_generate
 
 
+def load_custom_ops() -> None:
+    """Register ExecuTorch's llama custom ops (ATen side for export, kernels for the runtime)."""
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401
+
+
+def load_quantized_kernels() -> None:
+    """The 4-bit packed embedding kernel lives in a library ExecuTorch does not load by itself."""
+    import ctypes
+
+    import executorch
+
+    lib = Path(list(executorch.__path__)[0]) / "lib" / "libexecutorch_kernels_quantized.so"
+    if lib.exists():
+        ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+
+
 class PteRunner:
     name = "executorch"
 
     def __init__(self, path: str | Path, chunk: int | None = None):
         import torch  # noqa: F401  (the runtime's tensors are torch tensors)
         from executorch.runtime import Runtime
-
-        from edge.export.executorch import load_custom_ops, load_quantized_kernels
 
         self.path = Path(path)
         if not self.path.exists():

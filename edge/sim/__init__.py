@@ -7,7 +7,7 @@
     r.decode_tok_s, r.fits, r.budgets[0].ok
 """
 
-from edge.sim.budgets import BUDGET_FIGURES, Budget, parse_budget
+from edge.budgets import BUDGET_FIGURES, Budget, parse_budget
 from edge.sim.model import expected_distinct_experts, forward_cost, weight_bytes
 from edge.sim.recipes import PRESETS, QUANT_TYPES, Recipe, load_recipe, preset_table
 from edge.sim.simulate import BudgetResult, SimResult, Stage, Workload, simulate

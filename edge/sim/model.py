@@ -19,9 +19,7 @@ from dataclasses import dataclass
 
 from edge.model.spec import ModelSpec
 from edge.sim.recipes import Recipe
-
-# parts of a decoder a runtime may leave on the CPU when the rest runs on an accelerator
-CPU_OPS = ("embedding", "norm", "rope", "softmax", "attention", "lm_head", "sampling", "moe_router")
+from edge.targets import CPU_OPS
 
 
 @dataclass(frozen=True)

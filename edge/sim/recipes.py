@@ -18,7 +18,6 @@ A recipe file (YAML or JSON) starts from a preset and overrides::
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from edge.errors import ConfigError
+from edge.errors import did_you_mean as _hint  # the one did-you-mean, under the name this file calls
 
 
 @dataclass(frozen=True)
@@ -180,11 +180,6 @@ class Recipe:
     def nominal_bits(self) -> float:
         """Bits per weight of the linear layers, as a recipe is usually quoted."""
         return QUANT_TYPES[self.weights["ffn_up"]].bits_per_weight
-
-
-def _hint(name: str, known) -> str:
-    close = difflib.get_close_matches(str(name), list(known), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _all(linear: str, *, embedding: str, output: str, norm: str = "f32", router: str = "") -> dict[str, str]:

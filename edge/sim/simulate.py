@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from edge.budgets import Budget, parse_budget
 from edge.errors import ConfigError
 from edge.model.spec import ModelSpec
-from edge.sim.budgets import Budget, parse_budget
 from edge.sim.model import (
     ForwardCost,
     average_bits,

@@ -48,7 +48,7 @@ def test_validate_passes_and_fails_on_budgets(pkg, tmp_path):
     assert rep.ok, rep.to_dict()
     names = [c.name for c in rep.checks]
     assert "checksums" in names and any("top1" in n for n in names) and any(n.startswith("simulated") for n in names)
-    bad = validate(pkg, budgets=["top1>=1.01", "cpu_load<=0.0001"], reference=ref)
+    bad = validate(pkg, budgets=["kld<=1e-9", "cpu_load<=0.0001"], reference=ref)
     assert not bad.ok
     junit = bad.to_junit()
     assert "<failure" in junit and 'name="edge validate"' in junit

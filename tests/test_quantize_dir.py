@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from edge.quant.configs import PRESETS, load_recipe, recipe_from_dict
-from edge.quant.pipeline import uses_w8a8_scheme
+from edge.quantize_dir import uses_w8a8_scheme
 
 CALIB = dict(calib="general:1", n_samples=4, seq_len=32)
 
@@ -70,8 +70,8 @@ def _linear_names(qm):
 
 @pytest.mark.parametrize("hybrid", ["default", "float1"])
 def test_w8a8_writes_the_plans_codes_and_scales(tiny_source, tmp_path, hybrid):
-    from edge.quant.pipeline import quantize_to_dir
     from edge.quant.w8a8 import DEFAULT
+    from edge.quantize_dir import quantize_to_dir
 
     lm, calls = tiny_source
     w8 = None if hybrid == "default" else dataclasses.replace(DEFAULT, hybrid=1, hybrid_precision="float")
@@ -135,7 +135,7 @@ def test_w8a8_writes_the_plans_codes_and_scales(tiny_source, tmp_path, hybrid):
 
 @pytest.mark.parametrize("ask", ["smoothquant_file", "method_rtn"])
 def test_explicit_requests_take_the_old_smoothquant_path(tiny_source, tmp_path, ask):
-    from edge.quant.pipeline import quantize_to_dir
+    from edge.quantize_dir import quantize_to_dir
 
     _, calls = tiny_source
     if ask == "smoothquant_file":

@@ -22,7 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.calib import CalibConfig, describe, token_batches
 from edge.errors import ConfigError, EdgeError
+from edge.export.gguf import export_gguf
+from edge.model.load import load_model
 from edge.quant.configs import CLASS_MODULES, LINEAR_CLASSES, QuantRecipe, load_recipe
 
 GGUF_FORMATS = ("q4_0", "q5_0", "q8_0", "f32", "f16")
@@ -45,8 +48,6 @@ def quantize_to_dir(model: str, recipe: str, out: str | Path, *, calib: str = "a
     for a unit without int16)."""
     import torch
 
-    from edge.calib import CalibConfig, describe, token_batches
-    from edge.model.load import load_model
     from edge.quant.quantize import quantize
 
     r = load_recipe(recipe, method=method)
@@ -83,8 +84,6 @@ def quantize_to_dir(model: str, recipe: str, out: str | Path, *, calib: str = "a
         else:
             formats = set(q.info["plan"].values())
             if formats <= set(GGUF_FORMATS) and r.activations == "none" and lm.source.kind in ("builtin", "gguf"):
-                from edge.export.gguf import export_gguf
-
                 artifact = export_gguf(lm.model, q, tmp / "model.gguf", tokenizer_gguf=lm.source.path,
                                        provenance=provenance)
             else:
