@@ -40,6 +40,21 @@ def log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
+def kl_divergence(ref_logits, logits):
+    """KL(P_ref || P) of next-token distributions, nats, per position: (..., vocab) logits -> (...).
+
+    The one definition every score uses (compare, the search's proxy, pruning's and quantization's
+    sensitivity). numpy arrays are scored in float64; torch tensors in their own dtype and device,
+    without a copy to numpy, for callers that score large batches many times (a torch tensor has
+    ``log_softmax``, an array does not).
+    """
+    if hasattr(ref_logits, "log_softmax"):
+        lp, lq = ref_logits.log_softmax(-1), logits.log_softmax(-1)
+        return (lp.exp() * (lp - lq)).sum(-1)
+    la, lb = log_softmax(ref_logits), log_softmax(logits)
+    return (np.exp(la) * (la - lb)).sum(-1)
+
+
 @dataclass
 class EvalResult:
     ppl: float
@@ -99,8 +114,8 @@ def compare(
     for chunk in windows(tokens, window, max_windows):
         a, b = ref_fn(chunk), fn(chunk)
         max_diff = max(max_diff, float(np.abs(a - b).max()))
+        klds.append(kl_divergence(a, b))
         la, lb = log_softmax(a), log_softmax(b)
-        klds.append((np.exp(la) * (la - lb)).sum(-1))
         agree += int((a.argmax(-1) == b.argmax(-1)).sum())
         total += len(chunk)
         tgt = np.asarray(chunk[1:])

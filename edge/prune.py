@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import ConfigError
+from edge.eval import kl_divergence
 from edge.model.spec import ModelSpec
 
 KINDS = ("auto", "mlp", "attn", "mlp+attn", "depth", "experts")
@@ -777,9 +778,7 @@ def calib_kl(ref, model, calib: np.ndarray, n: int = 8) -> float:
     with torch.no_grad():
         total = 0.0
         for b in range(0, len(t), 4):
-            lp = torch.log_softmax(ref(t[b : b + 4]).double(), -1)
-            lq = torch.log_softmax(model(t[b : b + 4]).double(), -1)
-            total += float((lp.exp() * (lp - lq)).sum())
+            total += float(kl_divergence(ref(t[b : b + 4]).double(), model(t[b : b + 4]).double()).sum())
     return total / t.numel()
 
 

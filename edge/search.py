@@ -327,7 +327,7 @@ class QualityOracle:
         import numpy as np
         import torch
 
-        from edge.eval import log_softmax
+        from edge.eval import kl_divergence
         from edge.quant import load_recipe as load_quant_recipe
         from edge.quant.quantize import quantize
         from edge.runtime.eager import TorchRunner
@@ -345,8 +345,7 @@ class QualityOracle:
         klds, agree, n = [], 0, 0
         for i, ref in zip(range(0, len(self.tokens) - 1, self.window), self.ref):
             got = run.logits(self.tokens[i:i + self.window])
-            la, lb = log_softmax(ref), log_softmax(got)
-            klds.append((np.exp(la) * (la - lb)).sum(-1))
+            klds.append(kl_divergence(ref, got))
             agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
             n += len(ref)
         val = (float(np.concatenate(klds).mean()), agree / n)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edge.errors import ConfigError
-from edge.eval import compare, perplexity, windows
+from edge.eval import compare, kl_divergence, perplexity, windows
 
 
 def uniform(vocab):
@@ -60,3 +60,20 @@ def test_bad_windows_and_short_text_are_config_errors():
         list(windows([1, 2, 3], 1))
     with pytest.raises(ConfigError, match="at least 2 tokens"):
         perplexity(uniform(5), [1], window=8)
+
+
+def test_kl_divergence_matches_torch_kl_div_for_arrays_and_tensors():
+    """The one KL (numpy float64, or a torch tensor's own dtype) against torch's F.kl_div on the same logits."""
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 3, (2, 5, 40)), rng.normal(0, 3, (2, 5, 40))
+    want = F.kl_div(torch.log_softmax(torch.from_numpy(b), -1), torch.log_softmax(torch.from_numpy(a), -1),
+                    reduction="none", log_target=True).sum(-1).numpy()  # KL(P_a || P_b) per position
+    got = kl_divergence(a, b)
+    assert got.shape == (2, 5) and want.min() > 0.1
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    t = kl_divergence(torch.from_numpy(a).float(), torch.from_numpy(b).float())
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
+    np.testing.assert_allclose(t.numpy(), want, rtol=1e-5)
+    np.testing.assert_allclose(kl_divergence(a, a), 0.0, atol=1e-12)

@@ -22,7 +22,8 @@ HEAVY = ("torch", "torchao", "executorch", "onnx", "onnxruntime", "onnxscript", 
 
 # Modules that must stay light: what `import edge`, `edge targets list` and `edge simulate` load.
 LIGHT = (
-    "edge", "edge.errors", "edge.targets", "edge.model", "edge.model.spec", "edge.sim", "edge.sim.*",
+    "edge", "edge.errors", "edge.budgets", "edge.recipes", "edge.targets", "edge.model", "edge.model.spec",
+    "edge.sim", "edge.sim.*",
     "edge.export", "edge.runtime", "edge.runtime.base", "edge.quant", "edge.quant.configs", "edge.cli",
 )
 

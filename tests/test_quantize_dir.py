@@ -44,12 +44,12 @@ def test_preset_simulator_costing_unchanged():
 @pytest.fixture
 def tiny_source(monkeypatch):
     """quantize_to_dir loads the tiny random model (byte tokenizer); every prepare_w8a8 result is kept."""
-    import edge.model.load
     import edge.quant.w8a8 as w8a8
+    import edge.quantize_dir
     from tests.tinymodels import tiny_loaded
 
     lm = tiny_loaded()
-    monkeypatch.setattr(edge.model.load, "load_model", lambda name, *a, **k: lm)
+    monkeypatch.setattr(edge.quantize_dir, "load_model", lambda name, *a, **k: lm)
     calls = []
     real = w8a8.prepare_w8a8
 

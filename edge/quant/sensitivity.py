@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edge.errors import ConfigError
+from edge.eval import kl_divergence
 from edge.quant.configs import CLASS_MODULES, FORMAT_BPW, LINEAR_CLASSES, QuantRecipe
 from edge.quant.primitives import check_shape, get_format, rtn
 
@@ -58,11 +58,6 @@ def _unit_params(model, unit: str) -> list[tuple[str, nn.Parameter]]:
     raise ConfigError(f"sensitivity unit '{unit}' is not layer.N, class.NAME or output")
 
 
-def _kl(ref_logp: torch.Tensor, logits: torch.Tensor) -> float:
-    lp = F.log_softmax(logits.float(), -1)
-    return float((ref_logp.exp() * (ref_logp - lp)).sum(-1).mean())
-
-
 @torch.no_grad()
 def sensitivity(model, tokens, formats=("q4_0", "q5_0", "q8_0"), units: str = "layers",
                 progress=None, layer_formats: tuple[str, ...] | None = None, kl_stride: int = 1) -> Sensitivity:
@@ -90,7 +85,7 @@ def sensitivity(model, tokens, formats=("q4_0", "q5_0", "q8_0"), units: str = "l
     hs = [model.embed_tokens(tokens).float()]
     for layer in model.layers:
         hs.append(layer(hs[-1], cos, sin, mask, None))
-    ref = F.log_softmax(model.lm_head(model.norm(hs[-1][:, ::kl_stride])).float(), -1)
+    ref = model.lm_head(model.norm(hs[-1][:, ::kl_stride])).float()
 
     def run_from(start: int) -> torch.Tensor:
         x = model.embed_tokens(tokens).float() if start == 0 else hs[start]
@@ -114,7 +109,7 @@ def sensitivity(model, tokens, formats=("q4_0", "q5_0", "q8_0"), units: str = "l
             for (name, p), w in zip(ps, saved):
                 check_shape(name, tuple(p.shape), fmt)
                 p.copy_(torch.from_numpy(rtn(w.numpy(), fmt).dequantize()))
-            kl[unit][f] = _kl(ref, run_from(start))
+            kl[unit][f] = float(kl_divergence(ref, run_from(start).float()).mean())
             for (_, p), w in zip(ps, saved):
                 p.copy_(w)
         if progress is not None:
