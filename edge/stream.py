@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ConfigError, EdgeError, ModelLoadError
-from edge.export.gguf import FILE_TYPES, _row_perm, arch_keys, atomic_gguf, tokenizer_fields
+from edge.export.gguf import FILE_TYPES, _row_perm, arch_keys, atomic_gguf, put_keys, tokenizer_fields
 from edge.model.gguf import LAYER_TENSORS
 
 # ---- lazy safetensors --------------------------------------------------------------------------------
@@ -418,8 +418,7 @@ def _write_stream(w, spec, cfg, ck, plan, fields, padded, tokens, calib_cfg, ckp
 
     for key, val, vtype, sub in fields:
         w.add_key_value(key, val, vtype, sub_type=sub)
-    for key, (val, vtype) in arch_keys(spec).items():
-        w.add_key_value(key, val, vtype)
+    put_keys(w, arch_keys(spec))
     w.add_key_value("general.file_type", FILE_TYPES[cfg.weights.upper()], gguf.GGUFValueType.UINT32)
     w.add_key_value("general.quantization_version", 2, gguf.GGUFValueType.UINT32)
     prov = {"writer": "edge.stream", "config": asdict(cfg), "source": ckpt_dir.name,

@@ -80,25 +80,33 @@ def byte_level_bpe(out: Path, style: str, vocab_size: int = 480) -> Path:
     return out
 
 
-def gemma_spm(out: Path, work: Path, vocab_size: int = 960) -> Path:
-    """A Gemma-style checkpoint tokenizer: a SentencePiece BPE model with byte fallback trained here,
-    turned into tokenizer.json the way transformers converts Gemma's (vocab + merges by score)."""
+def gemma_spm(out: Path, work: Path, vocab_size: int = 960, style: str = "gemma") -> Path:
+    """A SentencePiece-style checkpoint tokenizer: a SentencePiece BPE model with byte fallback trained
+    here, turned into tokenizer.json the way transformers converts Gemma's (vocab + merges by score).
+    ``style`` "phi3" names the specials as Phi-3's Llama-2 vocabulary does (<s>, </s>, <|end|>)."""
     spm = pytest.importorskip("sentencepiece")
+    from tokenizers.models import BPE
     from transformers.convert_slow_tokenizer import SentencePieceExtractor
 
+    if style == "gemma":
+        pieces = dict(pad="<pad>", eos="<eos>", bos="<bos>", unk="<unk>")
+        turns, template = ("<start_of_turn>", "<end_of_turn>"), GEMMA_TEMPLATE
+    else:
+        pieces = dict(pad="<|endoftext|>", eos="</s>", bos="<s>", unk="<unk>")
+        turns = ("<|user|>", "<|assistant|>", "<|end|>")
+        template = CHATML.replace("<|im_start|>", "<|user|>").replace("<|im_end|>", "<|end|>")
     work.mkdir(parents=True, exist_ok=True)
     (work / "corpus.txt").write_text("\n".join(line for line in _corpus() if line.strip()), encoding="utf-8")
     spm.SentencePieceTrainer.train(
         input=str(work / "corpus.txt"), model_prefix=str(work / "spm"), model_type="bpe", vocab_size=vocab_size,
         byte_fallback=True, character_coverage=0.995, add_dummy_prefix=False, split_digits=True,
         remove_extra_whitespaces=False, normalization_rule_name="identity", pad_id=0, eos_id=1, bos_id=2, unk_id=3,
-        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
-        user_defined_symbols=["<start_of_turn>", "<end_of_turn>"], minloglevel=2)
-    from tokenizers.models import BPE
-
+        pad_piece=pieces["pad"], eos_piece=pieces["eos"], bos_piece=pieces["bos"], unk_piece=pieces["unk"],
+        user_defined_symbols=list(turns), minloglevel=2)
     kw = SentencePieceExtractor(str(work / "spm.model")).extract(BPE)
-    tok = transformers.GemmaTokenizer(vocab=kw["vocab"], merges=kw["merges"], chat_template=GEMMA_TEMPLATE)
-    tok.add_tokens([tokenizers.AddedToken(t, special=True, normalized=False)
-                    for t in ("<start_of_turn>", "<end_of_turn>")], special_tokens=True)
+    tok = transformers.GemmaTokenizer(vocab=kw["vocab"], merges=kw["merges"], chat_template=template,
+                                      unk_token=pieces["unk"], bos_token=pieces["bos"], eos_token=pieces["eos"],
+                                      pad_token=pieces["pad"])
+    tok.add_tokens([tokenizers.AddedToken(t, special=True, normalized=False) for t in turns], special_tokens=True)
     tok.save_pretrained(out)
     return out

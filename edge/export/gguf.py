@@ -42,23 +42,59 @@ FILE_TYPES = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7, "Q5_0": 8}
 
 
 def gguf_arch(spec) -> GGUFArch:
-    """llama.cpp's description of ``spec``'s architecture; a one-line error for what it cannot run."""
+    """llama.cpp's description of ``spec``'s architecture; a one-line error naming the feature when
+    llama.cpp's graph for it would compute something else."""
     ga = GGUF_ARCHS.get(spec.arch)
     if ga is None:
         raise ConfigError(f"GGUF export: architecture {spec.arch} has no llama.cpp equivalent here; "
                           f"supported: {', '.join(GGUF_ARCHS)} (the ONNX and .pte exports take it)")
+
+    def refuse(what: str):
+        raise ConfigError(f"GGUF export: llama.cpp's {ga.name} graph {what}; the ONNX and .pte exports take "
+                          "this model")
+
     if spec.is_moe:
         if ga.moe_weights_normalized is not None and ga.moe_weights_normalized != spec.norm_topk_prob:
-            raise ConfigError(f"GGUF export: llama.cpp's {ga.name} {'always' if ga.moe_weights_normalized else 'never'}"
-                              f" renormalises the top-k expert weights, and this model has norm_topk_prob="
-                              f"{spec.norm_topk_prob}")
+            refuse(f"{'always' if ga.moe_weights_normalized else 'never'} renormalises the top-k expert weights, "
+                   f"and this model has norm_topk_prob={spec.norm_topk_prob}")
         if ga.name != "llama" and len(spec.moe_layers) != spec.n_layers:
-            raise ConfigError(f"GGUF export: llama.cpp's {ga.name} needs experts in every layer; this model has "
-                              f"them in {len(spec.moe_layers)} of {spec.n_layers}")
+            refuse(f"needs experts in every layer; this model has them in {len(spec.moe_layers)} of {spec.n_layers}")
     if spec.shared_expert_ffn_dim and ga.name != "qwen2moe":
-        raise ConfigError(f"GGUF export: llama.cpp's {ga.name} has no shared expert")
-    if spec.qkv_bias and ga.name == "llama":
-        raise ConfigError("GGUF export: q/k/v bias on the llama architecture is not supported")
+        refuse("has no shared expert")
+    if spec.qkv_bias and ga.name not in ("qwen2", "qwen2moe"):
+        refuse("has no q/k/v bias")
+    if spec.qk_norm != (ga.name in ("qwen3", "qwen3moe", "gemma3")):
+        refuse(f"{'has no' if spec.qk_norm else 'needs the'} per-head q/k RMSNorm")
+    gemma = ga.name == "gemma3"
+    if gemma:
+        if not spec.post_norms or spec.norm_offset != 1.0 or spec.mlp_act != "gelu_tanh":
+            refuse("is Gemma 3's: four (1 + w) norms per layer and GeGLU")
+        if abs(spec.embed_scale - spec.dim**0.5) > 1e-2 * spec.dim**0.5:
+            refuse(f"scales embeddings by sqrt(dim) = {spec.dim**0.5:.4f}, not {spec.embed_scale}")
+        # its softmax scale is fixed in its code: 1/sqrt(head_dim), 1/sqrt(dim/heads) for the 62-layer 27B
+        fixed = (spec.dim // spec.n_heads if spec.n_layers == 62 else spec.head_dim) ** -0.5
+        if spec.attn_scale and abs(spec.attn_scale - fixed) > 1e-6 * fixed:
+            refuse(f"scales q.k by {fixed:.6g} (query_pre_attn_scalar = {1 / fixed**2:g}), not {spec.attn_scale:.6g}")
+    else:
+        if spec.post_norms or spec.norm_offset or spec.embed_scale != 1.0 or spec.final_logit_softcap:
+            refuse("has no post-norms, (1 + w) norms, embedding scale or logit soft-capping")
+        if spec.mlp_act != "silu":
+            refuse(f"gates its MLP with SiLU, not {spec.mlp_act}")
+        if spec.attn_scale and abs(spec.attn_scale - spec.head_dim**-0.5) > 1e-6:
+            refuse(f"scales q.k by 1/sqrt(head_dim), not {spec.attn_scale:.6g}")
+        if spec.rope_local_theta:
+            refuse("has one RoPE base for every layer")
+        if spec.sliding_window and spec.sliding_window < spec.max_seq_len:
+            refuse(f"attends to the whole context; this model's sliding window is {spec.sliding_window} positions "
+                   f"of {spec.max_seq_len}")
+    if spec.rope_dim and spec.rope_dim != spec.head_dim and ga.name != "phi3":
+        refuse(f"ropes the whole head ({spec.head_dim}), not {spec.rope_dim} dimensions")
+    want_nope = tuple(i for i in range(spec.n_layers) if ga.nope_interval and (i + 1) % ga.nope_interval == 0)
+    if tuple(spec.nope_layers) != want_nope:
+        refuse(f"skips RoPE on layers {list(want_nope) or 'none'}; this model on {list(spec.nope_layers) or 'none'}")
+    rs = spec.rope_scaling
+    if rs is not None and rs.rope_type not in ("linear",):
+        refuse(f"is written without {rs.rope_type} RoPE scaling here")
     return ga
 
 
@@ -262,11 +298,11 @@ def export_gguf(model, quantized, path: str | Path, *, tokenizer_gguf: str | Pat
             w.add_key_value("general.name", spec.name, gguf.GGUFValueType.STRING)
         for key, val, vtype, sub in fields:
             w.add_key_value(key, val, vtype, sub_type=sub)
-        for key, (val, vtype) in meta.items():
-            w.add_key_value(key, val, vtype)
+        put_keys(w, meta)
 
         written: dict[str, str] = {}
         stacked: dict[str, list] = {}
+        fused: dict[str, dict] = {}
         params = list(model.named_parameters())
         if spec.tie_embeddings:
             params = [(n, p) for n, p in params if n != "lm_head.weight"]
@@ -293,15 +329,26 @@ def export_gguf(model, quantized, path: str | Path, *, tokenizer_gguf: str | Pat
                     arr = arr[_row_perm(arr.shape[0], heads)]
                 if gname.endswith(VECTOR_TENSORS):
                     arr = arr.reshape(-1)
+                if spec.norm_offset and name.endswith("norm.weight"):  # llama.cpp multiplies by the stored weight
+                    arr = arr + np.float32(spec.norm_offset)
                 ftype = float_fmt.get(name, float_type if arr.ndim > 1 else "f32")  # norms stay f32
                 arr = np.ascontiguousarray(arr, dtype=np.float16 if ftype == "f16" else np.float32)
                 item = (arr, None)
             if expert is not None:
                 stacked.setdefault(gname, []).append((expert, item))
+            elif ga.fused_gate_up and gname.endswith(("ffn_gate.weight", "ffn_up.weight")):
+                fused.setdefault(gname.rsplit(".", 2)[0], {})[gname.split(".")[-2]] = item
             else:
                 _add(w, gname, item)
                 written[gname] = item[1].name if item[1] is not None else ("F16" if item[0].dtype == np.float16
                                                                             else "F32")
+        for blk, parts in fused.items():  # ffn_up = [gate; up] rows: blocks run along rows, so this is exact
+            (g, gt), (u, ut) = parts["ffn_gate"], parts["ffn_up"]
+            if gt != ut or g.dtype != u.dtype:
+                raise ConfigError(f"{blk}: gate_proj and up_proj have different formats ({gt}, {ut}); "
+                                  f"llama.cpp's {ga.name} fuses them into one tensor: give them one format")
+            _add(w, f"{blk}.ffn_up.weight", (np.concatenate([g, u]), gt))
+            written[f"{blk}.ffn_up.weight"] = gt.name if gt is not None else ("F16" if g.dtype == np.float16 else "F32")
         for gname, items in stacked.items():
             items.sort(key=lambda t: t[0])
             types = {it[1][1] for it in items}
@@ -342,7 +389,8 @@ def arch_keys(spec) -> dict:
     GGUF types (shared with edge.stream's streaming writer)."""
     from gguf import GGUFValueType as V
 
-    a = gguf_arch(spec).name
+    ga = gguf_arch(spec)
+    a = ga.name
     keys = {
         f"{a}.context_length": (spec.max_seq_len, V.UINT32),
         f"{a}.embedding_length": (spec.dim, V.UINT32),
@@ -353,7 +401,7 @@ def arch_keys(spec) -> dict:
         f"{a}.rope.freq_base": (float(spec.rope_theta), V.FLOAT32),
         f"{a}.attention.layer_norm_rms_epsilon": (float(spec.norm_eps), V.FLOAT32),
         f"{a}.vocab_size": (spec.vocab_size, V.UINT32),
-        f"{a}.rope.dimension_count": (spec.head_dim, V.UINT32),
+        f"{a}.rope.dimension_count": (spec.rope_dim or spec.head_dim, V.UINT32),
     }
     if spec.head_dim != spec.dim // spec.n_heads:
         keys[f"{a}.attention.key_length"] = (spec.head_dim, V.UINT32)
@@ -365,6 +413,29 @@ def arch_keys(spec) -> dict:
             keys[f"{a}.expert_feed_forward_length"] = (spec.moe_ffn_dim, V.UINT32)
         if spec.shared_expert_ffn_dim:
             keys[f"{a}.expert_shared_feed_forward_length"] = (spec.shared_expert_ffn_dim, V.UINT32)
-    if spec.rope_scaling is not None:
-        raise ConfigError("GGUF export of Llama-3 RoPE scaling (rope_freqs) is not implemented yet")
+    if spec.rope_scaling is not None:  # linear (gguf_arch refuses the others): every frequency / factor
+        keys[f"{a}.rope.scaling.type"] = ("linear", V.STRING)
+        keys[f"{a}.rope.scaling.factor"] = (float(spec.rope_scaling.factor), V.FLOAT32)
+    if a == "gemma3":
+        if spec.final_logit_softcap:
+            keys[f"{a}.final_logit_softcapping"] = (float(spec.final_logit_softcap), V.FLOAT32)
+        if spec.sliding_window:
+            sliding = set(spec.sliding_layers or range(spec.n_layers))
+            keys[f"{a}.attention.sliding_window"] = (spec.sliding_window, V.UINT32)
+            # which layers slide, one bool per layer (llama.cpp's default is five of every six)
+            keys[f"{a}.attention.sliding_window_pattern"] = ([i in sliding for i in range(spec.n_layers)], V.ARRAY)
+            # the sliding layers' RoPE base; they take no frequency scaling in llama.cpp
+            keys[f"{a}.rope.freq_base_swa"] = (float(spec.rope_local_theta or spec.rope_theta), V.FLOAT32)
+            if spec.rope_scaling is not None and not spec.rope_local_theta:
+                raise ConfigError("GGUF export: llama.cpp's gemma3 graph does not scale the sliding layers' RoPE; "
+                                  "this model scales every layer's")
     return keys
+
+
+def put_keys(w, keys: dict) -> None:
+    """Add ``arch_keys``' key/values to a GGUFWriter (arrays' item types from their values)."""
+    from gguf import GGUFValueType as V
+
+    for key, (val, vtype) in keys.items():
+        sub = (V.BOOL if isinstance(val[0], bool) else _kv_type("", val[0])[0]) if vtype == V.ARRAY else None
+        w.add_key_value(key, val, vtype, sub_type=sub)

@@ -36,6 +36,9 @@ LAYER_TENSORS: dict[str, str] = {
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
     "ffn_gate_inp.weight": "mlp.gate.weight",
+    # per-head RMSNorm on q and k before RoPE (Qwen3, Qwen3-MoE, Gemma 3)
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
     # shared expert of Qwen2-MoE; its gate is one row (1, dim) for us, a vector (dim,) in GGUF
     "ffn_gate_shexp.weight": "mlp.shared_expert.gate_proj.weight",
     "ffn_up_shexp.weight": "mlp.shared_expert.up_proj.weight",
@@ -66,6 +69,8 @@ class GGUFArch:
     layer_tensors: tuple[tuple[str, str], ...] = ()  # GGUF leaf -> our leaf, over LAYER_TENSORS
     needs_output: bool = False  # llama.cpp requires output.weight even when the embedding is tied
     moe_weights_normalized: bool | None = None  # MoE: whether llama.cpp renormalises the top-k weights
+    fused_gate_up: bool = False  # ffn_up holds [gate; up] rows and there is no ffn_gate (phi3)
+    nope_interval: int = 0  # llama.cpp skips RoPE on every n-th layer, n fixed in its code (smollm3: 4)
 
     def tensors(self) -> dict[str, str]:
         return LAYER_TENSORS | dict(self.layer_tensors)
@@ -79,6 +84,16 @@ GGUF_ARCHS: dict[str, GGUFArch] = {
     "mixtral": GGUFArch("llama", interleaved_rope=True, moe_weights_normalized=True),
     "qwen2": GGUFArch("qwen2", interleaved_rope=False),
     "qwen2_moe": GGUFArch("qwen2moe", interleaved_rope=False, needs_output=True, moe_weights_normalized=False),
+    "qwen3": GGUFArch("qwen3", interleaved_rope=False),
+    "qwen3_moe": GGUFArch("qwen3moe", interleaved_rope=False, moe_weights_normalized=True),
+    # Gemma 3's four norms: llama.cpp calls the one after attention post_attention_norm and the one
+    # before the MLP ffn_norm; its norms multiply by the stored weight, so (1 + w) is stored
+    "gemma3": GGUFArch("gemma3", interleaved_rope=False, layer_tensors=(
+        ("post_attention_norm.weight", "post_attention_layernorm.weight"),
+        ("ffn_norm.weight", "pre_feedforward_layernorm.weight"),
+        ("post_ffw_norm.weight", "post_feedforward_layernorm.weight"))),
+    "phi3": GGUFArch("phi3", interleaved_rope=False, fused_gate_up=True),
+    "smollm3": GGUFArch("smollm3", interleaved_rope=True, nope_interval=4),
 }
 SUPPORTED_GGUF_ARCHS = tuple(dict.fromkeys(a.name for a in GGUF_ARCHS.values()))
 
@@ -250,6 +265,28 @@ def _spec_from_meta(meta: dict, path: Path, n_vocab_tensor: int | None, names: s
         kw["moe_layers"] = tuple(i for i in range(n_layers) if f"blk.{i}.ffn_gate_inp.weight" in names)
     # a tied embedding: llama.cpp-required output.weight written as a copy still counts as tied
     tied = "output.weight" not in names or bool(meta.get("edge.tied_output"))
+    ga = GGUF_ARCHS[ours]
+    head_dim = int(get("attention.key_length", dim // n_heads))
+    rope_dim = int(get("rope.dimension_count", head_dim))
+    kw["rope_dim"] = 0 if rope_dim == head_dim else rope_dim
+    kw["qk_norm"] = "blk.0.attn_q_norm.weight" in names
+    kw["nope_layers"] = tuple(i for i in range(n_layers) if ga.nope_interval and (i + 1) % ga.nope_interval == 0)
+    if get("rope.scaling.type") == "linear":
+        from edge.model.spec import RopeScaling
+
+        kw["rope_scaling"] = RopeScaling(factor=float(get("rope.scaling.factor", 1.0)), rope_type="linear")
+    if arch == "gemma3":  # what llama.cpp's gemma3 graph fixes in code (see edge.export.gguf.gguf_arch)
+        kw.update(norm_offset=1.0, post_norms=True, mlp_act="gelu_tanh", embed_scale=dim**0.5,
+                  final_logit_softcap=float(get("final_logit_softcapping", 0.0)))
+        window = int(get("attention.sliding_window", 0))
+        if window:
+            pattern = get("attention.sliding_window_pattern", 6)
+            if isinstance(pattern, list):
+                sliding = tuple(i for i, s in enumerate(pattern) if s)
+            else:  # every n-th layer global, the others sliding
+                sliding = tuple(i for i in range(n_layers) if pattern == 0 or i % pattern < pattern - 1)
+            kw.update(sliding_window=window, sliding_layers=sliding,
+                      rope_local_theta=float(get("rope.freq_base_swa", 10000.0)))
     return ModelSpec(
         arch=ours,
         vocab_size=int(vocab),
@@ -258,7 +295,7 @@ def _spec_from_meta(meta: dict, path: Path, n_vocab_tensor: int | None, names: s
         n_heads=n_heads,
         n_kv_heads=int(get("attention.head_count_kv", n_heads)),
         ffn_dim=ffn,
-        head_dim=int(get("attention.key_length", dim // n_heads)),
+        head_dim=head_dim,
         norm_eps=float(need("attention.layer_norm_rms_epsilon")),
         rope_theta=float(get("rope.freq_base", 10000.0)),
         max_seq_len=int(get("context_length", 2048)),
@@ -349,6 +386,12 @@ def load_gguf(path: str | Path, dtype=None, progress: bool = False):
             w = _unpermute(w, spec.n_kv_heads)
         if name.endswith(VECTOR_TENSORS):
             w = w.reshape(1, -1)
+        if spec.norm_offset and name.endswith("norm.weight"):  # stored as (offset + w)
+            w = w - np.float32(spec.norm_offset)
+        if ga.fused_gate_up and name.endswith("ffn_up.weight"):  # [gate; up] rows
+            half = w.shape[0] // 2
+            ours = [(f"layers.{idx}.mlp.gate_proj.weight", slice(0, half)),
+                    (f"layers.{idx}.mlp.up_proj.weight", slice(half, None))]
         for ours_name, e in ours:
             arr = w[e] if e is not None else w
             exp = expected.get(ours_name)

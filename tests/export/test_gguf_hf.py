@@ -22,15 +22,35 @@ gguf = pytest.importorskip("gguf")
 from edge.errors import ModelLoadError  # noqa: E402
 from tests.hftokenizers import MIXED, byte_level_bpe, gemma_spm  # noqa: E402
 
-VOCAB = 512  # the tokenizers have 480 tokens: the GGUF pads the rest, as Qwen's real files need
+VOCAB = 512  # the BPE tokenizers have 480 tokens: the GGUF pads the rest, as Qwen's real files need
+WINDOW = 16  # Gemma 3's sliding layers see 16 positions of a ~260-token text
 TINY = dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            intermediate_size=128, max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=10000.0)
-# architecture -> (transformers class, config class, extra config, tokenizer style)
+            intermediate_size=128, max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=10000.0, pad_token_id=0)
+# architecture -> (transformers class, config class, config over TINY, tokenizer style); dims are multiples
+# of 32 so Q4_0 blocks fit
 ARCHS = {
     "llama": ("LlamaForCausalLM", "LlamaConfig", dict(tie_word_embeddings=True), "llama3"),
     "qwen2": ("Qwen2ForCausalLM", "Qwen2Config", dict(tie_word_embeddings=False), "qwen2"),
+    "qwen3": ("Qwen3ForCausalLM", "Qwen3Config", dict(head_dim=32, tie_word_embeddings=True), "qwen2"),
+    "qwen3_moe": ("Qwen3MoeForCausalLM", "Qwen3MoeConfig", dict(
+        head_dim=16, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
+        tie_word_embeddings=False), "qwen2"),
+    # llama.cpp's gemma3 scales q.k by 1/sqrt(head_dim): query_pre_attn_scalar = head_dim, as in Gemma 3 1B-12B
+    "gemma3": ("Gemma3ForCausalLM", "Gemma3TextConfig", dict(
+        vocab_size=1024, num_hidden_layers=3, head_dim=32, query_pre_attn_scalar=32, sliding_window=WINDOW,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
+        final_logit_softcapping=30.0, tie_word_embeddings=True), "gemma"),
+    "phi3": ("Phi3ForCausalLM", "Phi3Config", dict(
+        vocab_size=1024, partial_rotary_factor=0.5, tie_word_embeddings=False), "phi3"),
+    # llama.cpp's smollm3 skips RoPE on every 4th layer, as SmolLM3-3B does
+    "smollm3": ("SmolLM3ForCausalLM", "SmolLM3Config", dict(
+        num_hidden_layers=4, no_rope_layer_interval=4, tie_word_embeddings=True), "llama3"),
 }
-LOGIT_TOL = 1e-3
+# measured max |logit diff| at F32 on ~260 tokens: 3e-7..5e-7, and 3.1e-4 for gemma3, whose GeGLU llama.cpp
+# computes with its own tanh-GELU; the bounds sit ~20% above (the issue's bar is 1e-3)
+LOGIT_TOL = {"gemma3": 4e-4}
 
 
 def tiny_checkpoint(path, arch: str, seed: int = 0, tokenizer_dir=None):
@@ -39,12 +59,16 @@ def tiny_checkpoint(path, arch: str, seed: int = 0, tokenizer_dir=None):
     torch.manual_seed(seed)
     cfg = getattr(transformers, cfg_cls)(**(TINY | extra))
     model = getattr(transformers, cls)(cfg).eval()
-    with torch.no_grad():
+    with torch.no_grad():  # every weight matters: HF starts biases at 0 and norms at 1 (Gemma's at 0)
         for name, p in model.named_parameters():
             if name.endswith("bias"):
-                p.normal_(0, 0.1)  # Qwen2's q/k/v biases: nonzero, so a misplaced bias shows
+                p.normal_(0, 0.1)
+            elif "norm" in name:
+                p.normal_(0.0 if arch == "gemma3" else 1.0, 0.1)
     model.save_pretrained(path)
-    if tokenizer_dir is None:
+    if tokenizer_dir is None and style in ("gemma", "phi3"):
+        gemma_spm(path, path / "spm-work", style=style)
+    elif tokenizer_dir is None:
         byte_level_bpe(path, style)
     else:
         for f in tokenizer_dir.glob("*"):
@@ -64,7 +88,7 @@ def _vocab_only(path):
 
 def test_hf_checkpoint_gguf_matches_ours_in_llamacpp(checkpoint, tmp_path):
     from edge.export.gguf import export_gguf
-    from edge.model.gguf import load_gguf, read_gguf
+    from edge.model.gguf import GGUF_ARCHS, load_gguf, read_gguf
     from edge.model.load import load_model
     from edge.runtime.eager import TorchRunner
     from edge.runtime.llamacpp import LlamaCppRunner
@@ -73,7 +97,7 @@ def test_hf_checkpoint_gguf_matches_ours_in_llamacpp(checkpoint, tmp_path):
     lm = load_model(ckpt)
     path = export_gguf(lm.model, None, tmp_path / "f32.gguf", tokenizer_dir=ckpt)
     meta = read_gguf(path).metadata
-    assert meta["general.architecture"] == arch
+    assert meta["general.architecture"] == GGUF_ARCHS[arch].name
 
     tokens = lm.tokenizer.encode(MIXED, add_bos=False)
     hf = lm.tokenizer.backend.encode(MIXED, add_special_tokens=False).ids
@@ -83,7 +107,8 @@ def test_hf_checkpoint_gguf_matches_ours_in_llamacpp(checkpoint, tmp_path):
     got = LlamaCppRunner(path, n_ctx=512, kv_type="f32").logits(tokens)
     ref = TorchRunner(lm.model).logits(tokens)
     err = float(np.abs(got - ref).max())
-    assert got.shape == ref.shape == (len(tokens), VOCAB) and err < LOGIT_TOL, err
+    print(f"{arch}: {len(tokens)} tokens, max |logit diff| llama.cpp F32 vs ours {err:.2e}")
+    assert got.shape == ref.shape == (len(tokens), lm.spec.vocab_size) and err < LOGIT_TOL.get(arch, 6e-7), err
 
     back, spec, _ = load_gguf(path)  # our loader reads back what we wrote: same weights, same logits
     assert spec.arch == lm.spec.arch and spec.tie_embeddings == lm.spec.tie_embeddings
