@@ -222,14 +222,19 @@ def resolve_kind(spec: ModelSpec, kind: str) -> str:
     return ("experts" if spec.is_moe else "mlp") if kind == "auto" else kind
 
 
-def enumerate_candidates(spec: ModelSpec, target: TargetProfile, space: SearchSpace) -> list[Candidate]:
+def enumerate_candidates(spec: ModelSpec, target: TargetProfile, space: SearchSpace,
+                         dropped: list[dict] | None = None) -> list[Candidate]:
+    """Every (ratio, quant, runtime, KV) candidate; a ratio that leaves no valid shape for this model is
+    left out and recorded in ``dropped`` with the reason, for search.json and the report."""
     out = []
     space = dataclasses.replace(space, prune_kind=resolve_kind(spec, space.prune_kind))
     for ratio in space.prune_ratios:
         try:
             ps = pruned_spec(spec, ratio, space.prune_kind)
-        except ConfigError:
-            continue  # this ratio leaves an infeasible shape for this model
+        except ConfigError as e:
+            if dropped is not None:
+                dropped.append({"prune_ratio": ratio, "kind": space.prune_kind, "reason": str(e)})
+            continue
         for quant in space.quant:
             runtimes = space.runtimes or tuple(
                 name for name, rt in target.runtimes.items() if not rt.recipes or quant in rt.recipes
@@ -406,7 +411,8 @@ def search(model: str, target: str | TargetProfile, budgets: Sequence[str] | Non
     if measure_quality is None:
         measure_quality = resolve(model).kind != "config"
 
-    cands = enumerate_candidates(spec, tp, space)
+    dropped: list[dict] = []
+    cands = enumerate_candidates(spec, tp, space, dropped)
     if not cands:
         raise ConfigError(f"search: no candidate recipe for {model} on {tp.name}; widen the search space")
     cost_pass(cands, tp, wl, budgets)
@@ -442,6 +448,7 @@ def search(model: str, target: str | TargetProfile, budgets: Sequence[str] | Non
         "quality_evaluations": oracle.evaluations if oracle else 0,
         "quality_cached": (len(oracle.cache) - oracle.evaluations) if oracle else 0,
         "quality_seconds": oracle.seconds if oracle else 0.0,
+        "prune_ratios_dropped": dropped,
         "cost_seconds": t_cost,
         "wall_seconds": time.perf_counter() - t0,
     }
@@ -544,6 +551,8 @@ def report_markdown(res: SearchResult) -> str:
                      f"{c.figure('decode_tok_s'):.1f} | {c.figure('ttft_s') * 1e3:.0f} | "
                      f"{c.figure('peak_memory_bytes') / 1e6:.0f} | {c.figure('cpu_load'):.0%} | "
                      f"{'meets budgets' if c.meets_budgets else c.rejection()} |")
+    for d in s.get("prune_ratios_dropped", []):
+        lines.append(f"- prune ratio {d['prune_ratio']:g} ({d['kind']}) left out of the search: {d['reason']}")
     rejected = [c for c in res.candidates if c.error]
     if rejected:
         lines += ["", "Rejected before simulation (toolchain or profile rules):", ""]

@@ -33,6 +33,7 @@ def test_manifest_records_the_build(pkg):
     assert art["format"] == "onnx-opset11" and art["option"] == "qdq-w8a8" and art["runtime"] == "onnxruntime"
     # measured on 128 held-out tokens: top-1 0.984, KLD 3.4e-5
     assert art["accuracy"]["top1_agreement"] >= 0.95 and art["accuracy"]["kld_mean"] < 4e-5
+    assert isinstance(art["export"]["warnings"], list)  # the exporter's warnings are recorded, not dropped
     assert m["simulated"]["available"] and m["simulated"]["budgets"]
     assert "top-1" in (pkg / "report.md").read_text()
 

@@ -114,3 +114,16 @@ def test_quality_cache_key_follows_the_weights_not_the_path_or_size(tmp_path, mo
     assert after.cache_file != before.cache_file
     # the held-out tokens scored are part of it too
     assert QualityOracle(str(ckpt), n_tokens=32, window=32, calib_samples=2).cache_file != after.cache_file
+
+
+def test_a_ratio_the_model_cannot_take_is_recorded_not_dropped_silently(tmp_path):
+    """Removing experts can take at most 66.5% of the 8x top-2 model: ratio 0.8 leaves the search
+    space, and search.json and the report say so with the reason."""
+    space = SearchSpace(prune_ratios=(0.0, 0.3, 0.8), quant=("q4_0",), kv_cache=("fp16",))
+    res = search(MOE_8B, "snapdragon-8gen2", budgets=["decode_tok_s>=15"], space=space)
+    assert {c.prune_ratio for c in res.candidates} == {0.0, 0.3}
+    (d,) = res.stats["prune_ratios_dropped"]
+    assert (d["prune_ratio"], d["kind"]) == (0.8, "experts") and "can take at most" in d["reason"]
+    auto_build(MOE_8B, "snapdragon-8gen2", tmp_path, ["decode_tok_s>=15"], space, progress=None)
+    assert json.loads((tmp_path / "search.json").read_text())["stats"]["prune_ratios_dropped"][0]["prune_ratio"] == 0.8
+    assert "prune ratio 0.8 (experts) left out of the search: ratio=0.8 asks" in (tmp_path / "report.md").read_text()

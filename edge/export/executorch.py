@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import time
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +38,7 @@ from torch import nn
 
 from edge.cache import StageCache, model_hash, tool_versions
 from edge.errors import ConfigError, EdgeError
+from edge.export import ToolWarnings
 from edge.model.llama import rotate_half_matrix
 from edge.runtime.executorch import load_custom_ops
 
@@ -82,12 +82,14 @@ class PteExport:
     skipped_linears: tuple[str, ...] = ()  # Linear layers whose input width is not a group multiple
     decode_delegated: int = 0  # the same two figures for the static T=1 ``decode`` method
     decode_outside_delegate: dict[str, int] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()  # what torch.export / ExecuTorch warned about (edge.export.ToolWarnings)
 
     def to_dict(self) -> dict:
         out = {"path": self.path.name, "quant": self.config.quant, "max_seq": self.config.max_seq,
                "group_size": self.config.group_size, "seconds": round(self.seconds, 1),
                "delegated": self.delegated, "outside_delegate": dict(sorted(self.outside_delegate.items())),
-               "quantized_linears": self.quantized_linears, "skipped_linears": list(self.skipped_linears)}
+               "quantized_linears": self.quantized_linears, "skipped_linears": list(self.skipped_linears),
+               "warnings": list(self.warnings)}
         if self.config.decode_method:
             out |= {"decode_delegated": self.decode_delegated,
                     "decode_outside_delegate": dict(sorted(self.decode_outside_delegate.items()))}
@@ -267,8 +269,8 @@ def export_pte(model: nn.Module, path: str | Path, cfg: PteConfig = PteConfig(),
         n_q, skipped = quantize_8da(dec, PTE_QUANT[cfg.quant][1], cfg.group_size)
     start = torch.tensor([0], dtype=torch.long)
     seq = Dim("seq", min=1, max=cfg.max_seq)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ExecuTorch's own FutureWarnings and mutable-buffer notes
+    tw = ToolWarnings()  # ExecuTorch's own FutureWarnings and mutable-buffer notes: kept for the manifest
+    with torch.no_grad(), tw.catch():
         try:
             methods = {"forward": torch.export.export(dec, (torch.zeros(1, 2, dtype=torch.long), start),
                                                       dynamic_shapes=({1: seq}, None), strict=False)}
@@ -292,7 +294,8 @@ def export_pte(model: nn.Module, path: str | Path, cfg: PteConfig = PteConfig(),
     with open(tmp, "wb") as f:
         prog.write_to_file(f)
     tmp.replace(path)
-    return PteExport(path, cfg, time.perf_counter() - t0, delegated, outside, n_q, skipped, d_delegated, d_outside)
+    return PteExport(path, cfg, time.perf_counter() - t0, delegated, outside, n_q, skipped, d_delegated, d_outside,
+                     tuple(tw.lines()))
 
 
 def exporter_key(model: nn.Module) -> dict:
@@ -341,5 +344,5 @@ def export_pte_cached(model: nn.Module, path: str | Path | None, cfg: PteConfig 
     m = entry.meta
     res = PteExport(path, cfg, time.perf_counter() - t0, m.get("delegated", 0), m.get("outside_delegate", {}),
                     m.get("quantized_linears", 0), tuple(m.get("skipped_linears", ())),
-                    m.get("decode_delegated", 0), m.get("decode_outside_delegate", {}))
+                    m.get("decode_delegated", 0), m.get("decode_outside_delegate", {}), tuple(m.get("warnings", ())))
     return res, entry.hit

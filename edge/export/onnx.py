@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edge.errors import ConfigError, EdgeError
+from edge.export import ToolWarnings
 from edge.export.onnx_graph import (
     ONNX_DTYPES,
     ONNX_FORMATS,
@@ -103,9 +104,10 @@ def export_onnx(model: nn.Module, out_dir: str | Path, cfg: OnnxConfig = OnnxCon
     # the fp32 graph is quantized afterwards, so it must itself stay under protobuf's limit
     parts, reason = plan_parts(m, fmt, limit, bytes_per)
     files = [f"{stem}.onnx"] if len(parts) == 1 else [f"{stem}.part{i}.onnx" for i in range(len(parts))]
+    tw = ToolWarnings()
     for f, (lo, hi) in zip(files, parts):
         tmp = out_dir / (f + ".tmp")
-        export_part(OnnxPart(m, lo, hi), tmp, cfg, m.spec, dtype, fmt)
+        export_part(OnnxPart(m, lo, hi), tmp, cfg, m.spec, dtype, fmt, tw)
         check_format(tmp, fmt)
         tmp.replace(out_dir / f)
     layout = onnx_layout(m, cfg, files, parts)
@@ -117,7 +119,7 @@ def export_onnx(model: nn.Module, out_dir: str | Path, cfg: OnnxConfig = OnnxCon
         if n_q != want:
             raise EdgeError(f"QDQ: {n_q} of the {want} linears were found in the exported graph")
     return OnnxExport(files, layout, time.perf_counter() - t0, n_q, reason,
-                      plan.summary() if plan is not None else None)
+                      plan.summary() if plan is not None else None, tw.lines())
 
 
 # ---- QDQ int8 W8A8 ---------------------------------------------------------------------------

@@ -26,8 +26,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +34,7 @@ import torch
 from torch import nn
 
 from edge.errors import ConfigError, EdgeError
+from edge.export import ToolWarnings
 from edge.model.llama import rotate_half_matrix
 from edge.quant.w8a8 import W8A8Config
 
@@ -90,10 +90,12 @@ class OnnxExport:
     quantized_matmuls: int = 0
     parts_reason: str = ""
     precision: dict | None = None  # qdq-w8a8: W8A8Plan.summary() (what is not int8, and its MACs)
+    warnings: list[str] = field(default_factory=list)  # what the exporter/quantizer warned (ToolWarnings)
 
     def to_dict(self) -> dict:
         d = {"files": self.files, "seconds": round(self.seconds, 1), "quantized_matmuls": self.quantized_matmuls,
-             "parts_reason": self.parts_reason, **{k: self.layout[k] for k in ("dtype", "opset", "fixed_seq")}}
+             "parts_reason": self.parts_reason, **{k: self.layout[k] for k in ("dtype", "opset", "fixed_seq")},
+             "warnings": self.warnings}
         if self.precision is not None:
             d["precision"] = self.precision
         return d
@@ -245,7 +247,9 @@ def root_cause(e: BaseException) -> str:
 
 
 def export_part(part: OnnxPart, path: Path, cfg: OnnxConfig, spec, dtype: torch.dtype,
-                 fmt: OnnxFormat | None = None) -> None:
+                fmt: OnnxFormat | None = None, tw: ToolWarnings | None = None) -> None:
+    """Export one part to ``path``; torch's warnings go to ``tw`` (the caller records them)."""
+    tw = tw if tw is not None else ToolWarnings()
     fmt = fmt or cfg.constraints
     T = min(fmt.fixed_seq, cfg.max_seq) if fmt.fixed_seq else 2
     S = cfg.max_seq
@@ -264,8 +268,7 @@ def export_part(part: OnnxPart, path: Path, cfg: OnnxConfig, spec, dtype: torch.
         seq, ctx = torch.export.Dim.DYNAMIC(min=1, max=S), torch.export.Dim.DYNAMIC(min=S + 1, max=2 * S)
         dyn = {"x": {1: seq}, "mask": {2: seq, 3: ctx}, "cos": {2: seq}, "sin": {2: seq},
                "past": tuple(None for _ in args[4:])}
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with torch.no_grad(), tw.catch():
         if fmt.opset < 18:  # the dynamo exporter writes opset 18+; old toolchains get the TorchScript one
             try:
                 torch.onnx.export(part, tuple(args), str(path), input_names=names, output_names=outs,

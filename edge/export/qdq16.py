@@ -36,7 +36,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +43,7 @@ import torch
 from torch import nn
 
 from edge.errors import ConfigError, EdgeError
+from edge.export import ToolWarnings
 from edge.export import onnx_graph as ox
 from edge.export.onnx_graph import weight_digest
 from edge.quant.configs import load_recipe
@@ -262,12 +262,13 @@ def export_w4a16(model: nn.Module, out_dir: str | Path, cfg, stem: str = "model"
     files = [f"{stem}.onnx"] if len(parts) == 1 else [f"{stem}.part{i}.onnx" for i in range(len(parts))]
     by_digest = _weight_names(src, q)
     matched = []
+    tw = ToolWarnings()  # torch.onnx's and ORT's quantizer's warnings, kept for the manifest
     for f, (lo, hi) in zip(files, parts):
         tmp = out_dir / (f + ".tmp")
         part = ox.OnnxPart(m, lo, hi)
         if part.norm is not None:
             part.norm = DivRMSNorm(part.norm)
-        ox.export_part(part, tmp, cfg, m.spec, torch.float32)
+        ox.export_part(part, tmp, cfg, m.spec, torch.float32, tw=tw)
         ox.check_format(tmp, fmt)
         matched.append(_match_matmuls(tmp, by_digest))
         tmp.replace(out_dir / f)
@@ -306,8 +307,7 @@ def export_w4a16(model: nn.Module, out_dir: str | Path, cfg, stem: str = "model"
     for part, feeds, mm in zip(layout["parts"], recorded, matched):
         path = out_dir / part["file"]
         tmp = out_dir / (part["file"] + ".qdq.tmp")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with tw.catch():
             only = {}
             if ACTIVATIONS == "linears":  # the residual stream, norms, attention stay float (fp16 on the HTP)
                 import onnx
@@ -335,4 +335,4 @@ def export_w4a16(model: nn.Module, out_dir: str | Path, cfg, stem: str = "model"
                            "formats": formats,
                            "other_constants": "int16 per tensor (norm weights, RoPE rotation, embedding table)",
                            "activations": "uint16 per tensor, MinMax on the calibration prefills"}}
-    return ox.OnnxExport(files, layout, time.perf_counter() - t0, sum(counts.values()), reason)
+    return ox.OnnxExport(files, layout, time.perf_counter() - t0, sum(counts.values()), reason, warnings=tw.lines())

@@ -224,8 +224,9 @@ def read_metadata(reader) -> dict[str, Any]:
             continue
         try:
             out[key] = f.contents()
-        except Exception:  # an unusual field type we don't need
-            continue
+        except Exception as e:  # a field dropped here could be one the spec needs: say which, and why
+            raise ModelLoadError(f"GGUF metadata field '{key}' (types {[t.name for t in f.types]}) cannot be read "
+                                 f"({type(e).__name__}: {e}); the file is corrupt or newer than gguf-py") from e
     return out
 
 

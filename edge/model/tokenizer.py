@@ -157,12 +157,9 @@ class Tokenizer:
             special = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (3, 4)}
             return cls(tk, "tokenizers", bos, eos, add_bos, template, special)
         # SentencePiece-style or an unknown pre-tokenizer: use llama.cpp's own tokenizer.
-        import llama_cpp
+        from edge.model.llama_log import load_llama
 
-        try:
-            llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-        except Exception as e:  # llama.cpp raises ValueError with no detail
-            raise ModelLoadError(f"{path}: llama.cpp could not read the tokenizer ({e})") from e
+        llm = load_llama(path, "read the tokenizer", vocab_only=True)  # its reason from llama.cpp's log
         special = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (3, 4)}
         return cls(llm, "llama.cpp", bos, eos, add_bos, template, special)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ModelLoadError
+from edge.model.llama_log import llama_log, load_llama, log_reason
 
 # llama.cpp's KV cache element types (ggml_type ids); "f32" makes logits comparable to the torch
 # reference to ~1e-5, the default f16 cache differs by ~3e-2.
@@ -26,21 +27,16 @@ class LlamaCppRunner:
 
     def __init__(self, path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, n_batch: int = 512,
                  kv_type: str = "f16"):
-        import llama_cpp
-
         self.path = Path(path)
         if not self.path.exists():
             raise ModelLoadError(f"{self.path}: no such GGUF file")
         if kv_type not in KV_TYPES:
             raise ModelLoadError(f"{self.path}: KV cache type '{kv_type}' unknown; llama.cpp takes {', '.join(KV_TYPES)}")
-        try:
-            self.llm = llama_cpp.Llama(
-                model_path=str(self.path), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_ubatch=min(n_batch, n_ctx),
-                n_threads=n_threads, logits_all=True, verbose=False, seed=0,
-                type_k=KV_TYPES[kv_type], type_v=KV_TYPES[kv_type], flash_attn=kv_type in QUANTIZED_KV,
-            )
-        except Exception as e:
-            raise ModelLoadError(f"{self.path}: llama.cpp could not load it ({e})") from e
+        self.llm = load_llama(
+            self.path, "load it", n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_ubatch=min(n_batch, n_ctx),
+            n_threads=n_threads, logits_all=True, seed=0,
+            type_k=KV_TYPES[kv_type], type_v=KV_TYPES[kv_type], flash_attn=kv_type in QUANTIZED_KV,
+        )
         self.max_context = n_ctx
         self.kv_type = kv_type
 
@@ -94,10 +90,12 @@ def convert_gguf(src: str | Path, dst: str | Path, ftype: str = "F32") -> Path:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftypes[ftype]
     params.allow_requantize = True
-    with quiet_stderr():  # llama.cpp prints a line per tensor
+    log: list[tuple[int, str]] = []
+    with quiet_stderr(), llama_log(log):  # a line per tensor: kept, not printed
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
     if rc != 0:
         tmp.unlink(missing_ok=True)
-        raise ModelLoadError(f"{src}: llama.cpp could not convert it to {ftype} (code {rc})")
+        why = log_reason(log) or "llama.cpp logged no reason"
+        raise ModelLoadError(f"{src}: llama.cpp could not convert it to {ftype} (code {rc}): {why}")
     tmp.replace(dst)
     return dst

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from tests.tinymodels import TOKENS, tiny_model
-
-torch = pytest.importorskip("torch")
-pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +109,20 @@ def test_smoothing_and_row_scaling_leave_the_float_model_unchanged(tiny):
     x = torch.tensor([TOKENS])
     with torch.no_grad():
         assert torch.allclose(m(x), tiny(x), atol=1e-4)
+
+
+def test_exporter_warnings_are_recorded_not_dropped(tmp_path):
+    """A warning raised while the graph is traced reaches the export record (the manifest's artifact
+    entry), once per distinct message with its count, instead of being filtered out."""
+    import warnings
+
+    from edge.export.onnx import OnnxConfig, export_onnx
+
+    m = tiny_model()
+    def warn(mod, args):
+        warnings.warn("edge test: layer 1 traced", UserWarning, stacklevel=2)
+
+    m.layers[1].mlp.register_forward_pre_hook(warn)
+    res = export_onnx(m, tmp_path, OnnxConfig(max_seq=32))
+    got = [w for w in res.to_dict()["warnings"] if "edge test" in w]
+    assert len(got) == 1 and got[0].startswith("UserWarning: edge test: layer 1 traced"), res.warnings
