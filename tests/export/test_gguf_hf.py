@@ -53,8 +53,13 @@ ARCHS = {
 LOGIT_TOL = {"gemma3": 4e-4}
 
 
-def tiny_checkpoint(path, arch: str, seed: int = 0, tokenizer_dir=None):
-    """A random ``arch`` checkpoint with its family's kind of tokenizer, as save_pretrained writes it."""
+def tiny_checkpoint(path, arch: str, seed: int = 0, tokenizer_dir=None, embed_std: float | None = None):
+    """A random ``arch`` checkpoint with its family's kind of tokenizer, as save_pretrained writes it.
+
+    ``embed_std``: the token embeddings' spread. A random model's next-token choice is a coin toss that
+    4-bit rounding flips; embeddings larger than what the layers add (Gemma's post-norms add O(1) per
+    layer whatever the weights) make the tied head favour the last token by a clear margin, as a trained
+    model's confident predictions do, so the default accuracy budgets of edge validate apply."""
     cls, cfg_cls, extra, style = ARCHS[arch]
     torch.manual_seed(seed)
     cfg = getattr(transformers, cfg_cls)(**(TINY | extra))
@@ -65,6 +70,8 @@ def tiny_checkpoint(path, arch: str, seed: int = 0, tokenizer_dir=None):
                 p.normal_(0, 0.1)
             elif "norm" in name:
                 p.normal_(0.0 if arch == "gemma3" else 1.0, 0.1)
+            elif embed_std is not None and "embed_tokens" in name:
+                p.normal_(0, embed_std)
     model.save_pretrained(path)
     if tokenizer_dir is None and style in ("gemma", "phi3"):
         gemma_spm(path, path / "spm-work", style=style)
@@ -192,3 +199,31 @@ def test_unconvertible_tokenizer_is_one_line_naming_it(kind, model, pre, needle,
         gguf_vocab_from_hf(d)
     msg = str(e.value)
     assert "\n" not in msg and needle in msg and "ONNX and .pte" in msg and str(d / "tokenizer.json") in msg
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3"])
+@pytest.mark.parametrize("recipe", ["q4_0", "q8_0"])
+def test_edge_build_run_validate_from_checkpoint_dir(arch, recipe, tmp_path, monkeypatch):
+    """The command line a user types on a checkpoint directory: build a Raspberry Pi 5 (llama.cpp)
+    package, stream text from it, validate it against the checkpoint with the default budgets."""
+    from click.testing import CliRunner
+
+    from edge.cli import main
+
+    ckpt = tiny_checkpoint(tmp_path / f"tiny-{arch}", arch, embed_std=1.0)
+    monkeypatch.chdir(tmp_path)  # edge validate loads the reference by the name the manifest records
+    cli = CliRunner()
+    r = cli.invoke(main, ["build", "--model", ckpt.name, "--target", "raspberry-pi-5", "--recipe", recipe,
+                          "--out", "pkg", "--max-seq", "256"])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "pkg" / "manifest.json").read_text())
+    (art,) = m["artifacts"]
+    assert art["files"] == ["model.gguf"] and art["runtime"] == "llama.cpp" and m["model"]["spec"]["arch"] == arch
+    ftype = gguf.GGUFReader(str(tmp_path / "pkg" / "model.gguf")).fields["general.file_type"]
+    assert int(ftype.parts[ftype.data[0]][0]) == {"q4_0": 2, "q8_0": 7}[recipe]
+
+    r = cli.invoke(main, ["run", "pkg", "--prompt", "The café is", "--max-tokens", "12", "--raw"])
+    assert r.exit_code == 0 and r.output.strip(), r.output
+    r = cli.invoke(main, ["validate", "pkg"])
+    print(arch, recipe, r.output)
+    assert r.exit_code == 0 and "validate: passed" in r.output, r.output
