@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 
 from edge.errors import ConfigError
+from edge.eval import compare, perplexity
+from edge.model.load import load_model
 
 
 def read_text(path: str | Path) -> str:
@@ -22,8 +24,6 @@ def evaluate(model: str, text: str | Path, window: int = 256, max_windows: int |
              reference: str | None = None, progress: bool = False) -> dict:
     """Perplexity of ``model`` on the text file (and KLD/top-1 against ``reference``), as a dict:
     ``model, params, ppl, nll, tokens, windows, seconds, tokens_per_s`` (+ ``comparison``)."""
-    from edge.eval import compare, perplexity
-    from edge.model.load import load_model
     from edge.runtime.eager import TorchRunner
 
     body = read_text(text)
@@ -58,7 +58,6 @@ def evaluate(model: str, text: str | Path, window: int = 256, max_windows: int |
 
 def generate(model: str, prompt: str, max_tokens: int = 64, chat: bool = True, progress: bool = False) -> dict:
     """Greedy generation with the reference torch model: ``{model, prompt, text, tokens, tok_s}``."""
-    from edge.model.load import load_model
     from edge.runtime.eager import TorchRunner
 
     lm = load_model(model, progress=progress)

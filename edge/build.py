@@ -14,7 +14,17 @@ from pathlib import Path
 import numpy as np
 
 from edge.cache import model_hash, tool_versions
+from edge.calib import CalibConfig, dataset_hash, load_text, token_batches
 from edge.errors import BudgetFailed, ConfigError
+from edge.eval import compare
+from edge.export.check import check
+from edge.export.gguf import export_gguf
+from edge.model.load import load_model
+from edge.package import PackageWriter
+from edge.prune import prune_loaded, read_build_recipe
+from edge.quant.configs import load_recipe as load_quant_recipe
+from edge.runtime.session import artifact_runner
+from edge.targets import load_target
 
 
 @dataclass(frozen=True)
@@ -59,8 +69,6 @@ def write_tokenizer(tok, out: Path) -> list[str]:
 def build(model: str, target: str, recipe: str | None = None, out: str | Path = "package",
           runtime: str | None = None, cfg: BuildConfig = BuildConfig()) -> Path:
     """Load ``model`` by name/path and build its package for ``target``."""
-    from edge.model.load import load_model
-
     return build_package(load_model(model), target, recipe, out, runtime, cfg)
 
 
@@ -69,15 +77,7 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
     """Build from a LoadedModel (model, spec, tokenizer, source). Returns the package directory."""
     import torch
 
-    from edge.calib import CalibConfig, dataset_hash, load_text, token_batches
-    from edge.eval import compare
-    from edge.export.check import check
-    from edge.package import PackageWriter
-    from edge.prune import prune_loaded, read_build_recipe
-    from edge.quant.configs import load_recipe as load_quant_recipe
     from edge.runtime.eager import TorchRunner
-    from edge.runtime.session import artifact_runner
-    from edge.targets import load_target
 
     torch.manual_seed(0)
     tp = load_target(target)
@@ -136,7 +136,6 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
             art |= {"files": res.files + ["rope.npy"], "layout": res.layout,
                     "export": res.to_dict() | {"seconds": None}}
         else:
-            from edge.export.gguf import export_gguf
             from edge.quant.quantize import quantize
 
             # the tokenizer: copied from the source GGUF, or converted from the checkpoint's tokenizer.json

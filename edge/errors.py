@@ -43,3 +43,12 @@ def did_you_mean(name: object, known: Iterable) -> str:
     hint a message puts after the unknown value and before the allowed set."""
     close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def require_one_of(what: str, value: object, allowed: Iterable) -> None:
+    """Raise ConfigError ``{what} 'value' unknown (did you mean 'x'?); allowed: a, b`` unless ``value`` is
+    one of ``allowed``: the value, the rule and the allowed set, in one line."""
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{what} '{value}' unknown{did_you_mean(value, allowed)}; "
+                          f"allowed: {', '.join(map(str, allowed))}")

@@ -29,7 +29,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edge.errors import ConfigError, EdgeError
+from edge import calib
+from edge.build import BuildConfig, build
+from edge.cache import StageCache, code_hash, file_hash, tool_versions, tree_hash
+from edge.errors import ConfigError, EdgeError, require_one_of
+from edge.export.check import check
+from edge.model.load import load_spec, resolve
+from edge.sim import simulate
+from edge.stream import check_export_memory
+from edge.targets import load_target
 
 CONNECT_TIMEOUT_S = 10.0
 
@@ -56,8 +64,7 @@ class Matrix:
             v = getattr(self, k)
             if isinstance(v, str) or not v or not all(isinstance(x, str) and x for x in v):
                 raise ConfigError(f"matrix {k} must be a non-empty list of names, got {v!r}")
-        if self.builder not in BUILDERS:
-            raise ConfigError(f"matrix builder '{self.builder}' unknown; allowed: {', '.join(BUILDERS)}")
+        require_one_of("matrix builder", self.builder, BUILDERS)
         if self.num_cpus < 1 or self.cpus_per_build <= 0:
             raise ConfigError(f"matrix num_cpus ({self.num_cpus}) and cpus_per_build ({self.cpus_per_build}) "
                               "must be positive")
@@ -100,17 +107,12 @@ def _safe(s: str) -> str:
 
 
 def source_hash(model: str, cache_root: str | None) -> str:
-    from edge.cache import tree_hash
-    from edge.model.load import resolve
-
     src = resolve(model)
     return tree_hash(src.path, cache_root)
 
 
 def recipe_key(recipe: str | None, cache_root: str | None = None) -> dict | None:
     """A recipe by what it says: a preset by name, a recipe file by its bytes (not its path)."""
-    from edge.cache import file_hash
-
     if recipe is not None and Path(recipe).is_file():
         return {"file_sha256": file_hash(recipe, cache_root)}
     return {"preset": recipe} if recipe is not None else None
@@ -118,10 +120,6 @@ def recipe_key(recipe: str | None, cache_root: str | None = None) -> dict | None
 
 def cache_parts(job: dict, builder: str, options: dict, cache_root: str | None = None) -> dict:
     """The stage-cache key of one matrix entry: the contents of everything the build reads."""
-    from edge import calib
-    from edge.cache import code_hash, tool_versions, tree_hash
-    from edge.targets import load_target
-
     tp = load_target(job["target"])
     return {"model": source_hash(job["model"], cache_root), "target": tp.name,
             "target_profile": hashlib.sha256(Path(tp.path).read_bytes()).hexdigest() if tp.path else None,
@@ -135,8 +133,6 @@ def cache_parts(job: dict, builder: str, options: dict, cache_root: str | None =
 
 def build_package(job: dict, out: Path, options: dict) -> dict:
     """edge.build for one combination; returns the manifest's figures."""
-    from edge.build import BuildConfig, build
-
     opts = dict(options)
     if "max_seq" in opts and "eval_window" not in opts:
         opts["eval_window"] = min(BuildConfig.eval_window, opts["max_seq"])
@@ -146,11 +142,6 @@ def build_package(job: dict, out: Path, options: dict) -> dict:
 
 def plan_only(job: dict, out: Path, options: dict) -> dict:
     """Dry run: the will-it-work check and the simulator's figures, no export (seconds per entry)."""
-    from edge.export.check import check
-    from edge.model.load import load_spec
-    from edge.sim import simulate
-    from edge.targets import load_target
-
     spec, tp = load_spec(job["model"]), load_target(job["target"])
     recipe = job["recipe"] or tp.defaults.recipe
     plan = check(spec, tp, recipe, None, options.get("max_seq", 512))
@@ -178,11 +169,6 @@ def figures(manifest: dict, pkg: Path) -> dict:
 
 
 def _memory_check(job: dict, max_seq: int) -> None:
-    from edge.export.check import check
-    from edge.model.load import load_spec
-    from edge.stream import check_export_memory
-    from edge.targets import load_target
-
     spec, tp = load_spec(job["model"]), load_target(job["target"])
     plan = check(spec, tp, job["recipe"] or tp.defaults.recipe, None, max_seq)
     check_export_memory(spec, plan.writer, plan.option)
@@ -194,8 +180,6 @@ def build_cached(job: dict, out_dir: str, builder: str = "package", cache_root: 
 
     Never raises: the row carries status "ok" or "failed" with a one-line error.
     """
-    from edge.cache import StageCache
-
     t0 = time.time()
     name = job_name(job)
     row = {"name": name, **job, "status": "failed", "error": None, "cached": False, "path": None,

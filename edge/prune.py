@@ -36,9 +36,13 @@ from typing import Any
 
 import numpy as np
 
+from edge.calib import CalibConfig, dataset_hash, token_batches
 from edge.errors import ConfigError
 from edge.eval import kl_divergence
+from edge.model.load import load_model, load_spec
+from edge.model.save import save_model
 from edge.model.spec import ModelSpec
+from edge.quant.configs import PRESETS
 
 KINDS = ("auto", "mlp", "attn", "mlp+attn", "depth", "experts")
 IMPORTANCE = ("activation", "magnitude")
@@ -982,10 +986,6 @@ def prune_to_dir(
     atomically. Returns a summary dict."""
     from pathlib import Path
 
-    from edge.calib import CalibConfig, dataset_hash, token_batches
-    from edge.model.load import load_spec
-    from edge.model.save import save_model
-
     out = Path(out)
     if out.exists() and not force:
         raise ConfigError(f"{out}: already exists; choose a new directory or pass --force")
@@ -994,7 +994,6 @@ def prune_to_dir(
         plan_shapes(spec, cfg)  # raises: expert options on a dense model
     if not (cfg.has_budget and cfg.kind == "auto"):
         plan_shapes(spec, cfg)
-    from edge.model.load import load_model
 
     lm = load_model(model)
     tokens = None
@@ -1063,7 +1062,6 @@ def read_build_recipe(name_or_path: str) -> BuildRecipe:
         raise ConfigError(f"{p}: not valid YAML/JSON ({str(e).splitlines()[0]})") from e
     if not isinstance(doc, dict):
         raise ConfigError(f"{p}: expected a mapping with keys {', '.join(BUILD_RECIPE_KEYS)}")
-    from edge.quant.configs import PRESETS
 
     bad = [k for k in doc if k not in BUILD_RECIPE_KEYS]
     if bad:
@@ -1098,8 +1096,6 @@ def read_build_recipe(name_or_path: str) -> BuildRecipe:
 def check_block_sizes(spec: ModelSpec, quant: str, where: str = "") -> None:
     """The pruned row lengths (o_proj: n_heads * head_dim, down_proj: ffn_dim) must be multiples of
     the quantization preset's block/group size; name the tensor otherwise."""
-    from edge.quant.configs import PRESETS
-
     rec = PRESETS.get(quant)
     if rec is None:
         return
@@ -1122,8 +1118,6 @@ def prune_loaded(lm, br: BuildRecipe, progress=print):
     its calibration options; returns a LoadedModel with the pruned model and spec (same tokenizer
     and source)."""
     import dataclasses
-
-    from edge.calib import CalibConfig, token_batches
 
     cfg = br.prune
     spec = lm.spec

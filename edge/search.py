@@ -33,10 +33,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge.cache import stage_key
-from edge.errors import BudgetFailed, ConfigError
+from edge.build import build_package
+from edge.cache import code_hash, model_code, model_hash, stage_key
+from edge.calib import CalibConfig, load_text, token_batches
+from edge.errors import BudgetFailed, ConfigError, require_one_of
+from edge.eval import kl_divergence
+from edge.export.check import check
+from edge.model.load import LoadedModel, load_model, load_spec, resolve
 from edge.model.spec import ModelSpec
+from edge.prune import KINDS, PruneConfig, plan_shapes, prune, shaped_spec
+from edge.quant import load_recipe as load_quant_recipe
 from edge.sim import Workload, parse_budget, simulate
+from edge.sim.recipes import PRESETS
 from edge.sim.recipes import load_recipe as load_cost_recipe
 from edge.targets import TargetProfile, load_target
 
@@ -57,21 +65,14 @@ class SearchSpace:
     finalists: int = 2
 
     def __post_init__(self) -> None:
-        from edge.sim.recipes import PRESETS
-
         for r in self.prune_ratios:
             if not 0 <= r < 1:
                 raise ConfigError(f"search: prune ratio {r} must be in [0, 1)")
         for q in self.quant:
-            if q not in PRESETS:
-                raise ConfigError(f"search: quantization preset '{q}' unknown; known: {', '.join(PRESETS)}")
+            require_one_of("search: quantization preset", q, PRESETS)
         for k in self.kv_cache:
-            if k not in ("fp32", "fp16", "int8"):
-                raise ConfigError(f"search: KV-cache type '{k}' unknown; known: fp32, fp16, int8")
-        from edge.prune import KINDS
-
-        if self.prune_kind not in KINDS:
-            raise ConfigError(f"search: prune kind '{self.prune_kind}' unknown; known: {', '.join(KINDS)}")
+            require_one_of("search: KV-cache type", k, ("fp32", "fp16", "int8"))
+        require_one_of("search: prune kind", self.prune_kind, KINDS)
         if self.finalists < 1:
             raise ConfigError(f"search: finalists must be >= 1, got {self.finalists}")
 
@@ -213,7 +214,6 @@ def pruned_spec(spec: ModelSpec, ratio: float, kind: str) -> ModelSpec:
     """The shape a pruning ratio leaves (torch-free; the same plan edge.prune executes)."""
     if not ratio:
         return spec
-    from edge.prune import PruneConfig, plan_shapes, shaped_spec
 
     return shaped_spec(spec, plan_shapes(spec, PruneConfig(ratio=ratio, kind=kind), kind))
 
@@ -273,8 +273,6 @@ class QualityOracle:
                  prune_kind: str = "mlp"):
         import torch
 
-        from edge.calib import CalibConfig, load_text, token_batches
-        from edge.model.load import load_model
         from edge.runtime.eager import TorchRunner
 
         self.lm = load_model(model_name)
@@ -303,8 +301,6 @@ class QualityOracle:
         """What every cached KLD depends on, by content: the weights as loaded, the held-out tokens
         scored, the calibration tokens pruning uses, the window, the prune kind and the source of
         the code that prunes, quantizes and scores (this module, edge.prune, edge.quant, the model's)."""
-        from edge.cache import code_hash, model_code, model_hash
-
         code = ("edge.search", "edge.prune", "edge.quant", "edge.quant.quantize", "edge.eval", "edge.runtime.eager")
         return {"model": model_hash(self.lm.model),
                 "heldout_tokens": hashlib.sha256(json.dumps(self.tokens).encode()).hexdigest(),
@@ -314,8 +310,6 @@ class QualityOracle:
 
     def _pruned_model(self, ratio: float):
         if ratio not in self._pruned:
-            from edge.prune import PruneConfig, prune
-
             if not ratio:
                 self._pruned[ratio] = self.lm.model
             else:
@@ -332,8 +326,6 @@ class QualityOracle:
         import numpy as np
         import torch
 
-        from edge.eval import kl_divergence
-        from edge.quant import load_recipe as load_quant_recipe
         from edge.quant.quantize import quantize
         from edge.runtime.eager import TorchRunner
 
@@ -398,8 +390,6 @@ def search(model: str, target: str | TargetProfile, budgets: Sequence[str] | Non
     ``budgets`` None takes the target's defaults. ``measure_quality`` None: measure when the
     model has weights.
     """
-    from edge.model.load import load_spec, resolve
-
     t0 = time.perf_counter()
     space = space or SearchSpace()
     tp = target if isinstance(target, TargetProfile) else load_target(target)
@@ -566,9 +556,6 @@ def _finalist_model(lm, c: Candidate, kind: str, calib_samples: int = 16, seq_le
     """The LoadedModel a finalist builds from: pruned when its recipe prunes."""
     if not c.prune_ratio:
         return lm
-    from edge.calib import CalibConfig, token_batches
-    from edge.model.load import LoadedModel
-    from edge.prune import PruneConfig, prune
 
     calib = token_batches(lm.tokenizer, CalibConfig.from_spec("general:1", n_samples=calib_samples,
                                                               seq_len=seq_len, seed=0))
@@ -585,8 +572,6 @@ def auto_build(model: str, target: str, out: str | Path, budgets: Sequence[str] 
 
     import yaml
 
-    from edge.export.check import check
-
     space = space or SearchSpace()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -602,9 +587,6 @@ def auto_build(model: str, target: str, out: str | Path, budgets: Sequence[str] 
     tp = load_target(target)
     built = []
     if res.quality_measured:
-        from edge.build import build_package
-        from edge.model.load import load_model
-
         lm = load_model(model)
         ranked = [c for c in res.finalists]
         # fill up with further feasible candidates a host writer can produce

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from edge.cache import StageCache, model_hash, tool_versions
-from edge.errors import ConfigError, EdgeError
+from edge.errors import ConfigError, EdgeError, require_one_of
 from edge.export import ToolWarnings
 from edge.model.llama import rotate_half_matrix
 from edge.runtime.executorch import load_custom_ops
@@ -63,8 +63,7 @@ class PteConfig:
     decode_method: bool = False  # also export ``decode``: forward with a static T=1 (see the module doc)
 
     def __post_init__(self) -> None:
-        if self.quant not in PTE_QUANT:
-            raise ConfigError(f"pte quant '{self.quant}' unknown; allowed: {', '.join(PTE_QUANT)}")
+        require_one_of("pte quant", self.quant, PTE_QUANT)
         if self.max_seq < 2:
             raise ConfigError(f"pte max_seq must be at least 2, got {self.max_seq}")
         if self.group_size not in (32, 64, 128, 256):

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge.errors import ConfigError, EdgeError
+from edge.errors import ConfigError, EdgeError, require_one_of
 from edge.export import ToolWarnings
 from edge.model.llama import rotate_half_matrix
 from edge.quant.w8a8 import W8A8Config
@@ -70,10 +70,8 @@ class OnnxConfig:
     w8a8: W8A8Config | None = None  # qdq-w8a8: the static-int8 scheme (None: W8A8Config())
 
     def __post_init__(self) -> None:
-        if self.dtype not in ONNX_DTYPES:
-            raise ConfigError(f"onnx dtype '{self.dtype}' unknown; allowed: {', '.join(ONNX_DTYPES)}")
-        if self.format not in ONNX_FORMATS:
-            raise ConfigError(f"onnx format '{self.format}' unknown; allowed: {', '.join(ONNX_FORMATS)}")
+        require_one_of("onnx dtype", self.dtype, ONNX_DTYPES)
+        require_one_of("onnx format", self.format, ONNX_FORMATS)
         if self.max_seq < 2:
             raise ConfigError(f"onnx max_seq must be at least 2, got {self.max_seq}")
 

@@ -37,7 +37,7 @@ from torch import nn
 
 from edge.errors import ConfigError
 from edge.quant.awq import awq_search
-from edge.quant.configs import QuantRecipe, load_recipe
+from edge.quant.configs import CLASS_MODULES, QuantRecipe, load_recipe
 from edge.quant.gptq import NumericalError, gptq_quantize, hessian_accumulate, torch_threads
 from edge.quant.primitives import (
     QTensor,
@@ -115,7 +115,6 @@ def _plan(model, recipe: QuantRecipe) -> dict[str, str]:
     """parameter name -> format name, validated against shapes (group size divides the rows)."""
     spec = model.spec
     plan: dict[str, str] = {}
-    from edge.quant.configs import CLASS_MODULES
 
     for i, layer in enumerate(model.layers):
         for cls, mod in CLASS_MODULES.items():

@@ -19,9 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge.calib import CalibConfig, token_batches
 from edge.errors import ConfigError
 from edge.eval import kl_divergence
-from edge.quant.configs import CLASS_MODULES, FORMAT_BPW, LINEAR_CLASSES, QuantRecipe
+from edge.model.load import load_model
+from edge.quant.configs import CLASS_MODULES, FORMAT_BPW, LINEAR_CLASSES, QuantRecipe, load_recipe
 from edge.quant.primitives import check_shape, get_format, rtn
 
 
@@ -165,10 +167,6 @@ def assign_mixed(sens: Sensitivity, base: QuantRecipe, budget_bytes: float, fixe
 def run_sensitivity(model: str, *, calib: str, n_samples: int, seq_len: int, formats: tuple[str, ...],
                     units: str = "layers", budget_mb: float | None = None, plot: str | None = None) -> dict:
     """`edge quant sensitivity`: load, measure, optionally assign and plot; JSON-ready result."""
-    from edge.calib import CalibConfig, token_batches
-    from edge.model.load import load_model
-    from edge.quant.configs import load_recipe
-
     ccfg = CalibConfig.from_spec(calib, n_samples=n_samples, seq_len=seq_len, seed=1)
     lm = load_model(model)
     sens = sensitivity(lm.model, token_batches(lm.tokenizer, ccfg), formats=formats, units=units)

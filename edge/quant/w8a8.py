@@ -40,7 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge.errors import ConfigError
+from edge.errors import ConfigError, require_one_of
+from edge.quant.configs import GPTQConfig
 
 GROUPS = ("qkv", "o", "gate_up", "down")
 ACT_MODES = ("asym", "sym")
@@ -64,14 +65,10 @@ class W8A8Config:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.act not in ACT_MODES:
-            raise ConfigError(f"w8a8 act '{self.act}' unknown; allowed: {', '.join(ACT_MODES)}")
-        if self.scales not in SCALE_METHODS:
-            raise ConfigError(f"w8a8 scales '{self.scales}' unknown; allowed: {', '.join(SCALE_METHODS)}")
-        if self.weights not in ("rtn", "gptq"):
-            raise ConfigError(f"w8a8 weights '{self.weights}' unknown; allowed: rtn, gptq")
-        if self.hybrid_precision not in KEEP_PRECISIONS:
-            raise ConfigError(f"w8a8 hybrid_precision '{self.hybrid_precision}'; allowed: {', '.join(KEEP_PRECISIONS)}")
+        require_one_of("w8a8 act", self.act, ACT_MODES)
+        require_one_of("w8a8 scales", self.scales, SCALE_METHODS)
+        require_one_of("w8a8 weights", self.weights, ("rtn", "gptq"))
+        require_one_of("w8a8 hybrid_precision", self.hybrid_precision, KEEP_PRECISIONS)
         if self.split < 0 or self.hybrid < 0:
             raise ConfigError(f"w8a8 split and hybrid must be >= 0, got {self.split}, {self.hybrid}")
         if not 0 <= self.alpha <= 1:
@@ -359,7 +356,6 @@ def quantize_weights_int8(model: nn.Module) -> None:
 def gptq_weights_int8(model: nn.Module, tokens: np.ndarray, chunk: int = 4) -> None:
     """GPTQ int8 per output channel, layer by layer: each layer's Hessians come from the calibration
     activations of the model with the layers before it already quantized."""
-    from edge.quant.configs import GPTQConfig
     from edge.quant.gptq import gptq_quantize, hessian_accumulate
     from edge.quant.primitives import FORMATS
 
