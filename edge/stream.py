@@ -40,9 +40,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.calib import CalibConfig, dataset_hash, token_batches
 from edge.errors import ConfigError, EdgeError, ModelLoadError
 from edge.export.gguf import FILE_TYPES, _row_perm, arch_keys, atomic_gguf, put_keys, tokenizer_fields
 from edge.model.gguf import LAYER_TENSORS
+from edge.model.spec import ModelSpec
+from edge.model.tokenizer import Tokenizer
 
 # ---- lazy safetensors --------------------------------------------------------------------------------
 
@@ -167,8 +170,6 @@ def write_random_checkpoint(path: str | Path, config: dict, seed: int = 0, std: 
     would take minutes of CPU for nothing a benchmark needs); norms are 1. At most one 16M-value
     chunk is in memory. Returns the bytes of weights written.
     """
-    from edge.model.spec import ModelSpec
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -373,10 +374,6 @@ def stream_to_gguf(checkpoint: str | Path, out: str | Path, cfg: StreamConfig = 
     copied from that GGUF (padded with unused tokens when the model's vocabulary is larger). The file
     appears only when complete. Returns a report.
     """
-    from edge.calib import CalibConfig, token_batches
-    from edge.model.spec import ModelSpec
-    from edge.model.tokenizer import Tokenizer
-
     t_start = time.time()
     ckpt_dir = Path(checkpoint)
     if not (ckpt_dir / "config.json").is_file():
@@ -413,7 +410,6 @@ def _write_stream(w, spec, cfg, ck, plan, fields, padded, tokens, calib_cfg, ckp
     import gguf
     import torch
 
-    from edge.calib import dataset_hash
     from edge.model.llama import DecoderLayer, rope_frequencies
 
     for key, val, vtype, sub in fields:

@@ -21,7 +21,17 @@ from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from edge.budgets import ACCURACY_FIGURES, VALIDATE_FIGURES, Budget, parse_budget
+from edge.calib import load_text
 from edge.errors import ConfigError
+from edge.eval import compare
+from edge.model.load import load_model
+from edge.model.spec import ModelSpec
+from edge.model.tokenizer import Tokenizer
+from edge.package import read_manifest, verify
+from edge.runtime import qnn
+from edge.runtime.session import artifact_runner
+from edge.sim import simulate
+from edge.targets import load_target
 
 COMPARISON_KEYS = {"top1": "top1_agreement", "kld": "kld_mean", "ppl_change": "ppl_change"}  # edge.eval's names
 FOUR_BIT = ("8da4w", "q4_0", "q4_k_m", "w4a16")
@@ -92,12 +102,6 @@ def validate(package: str | Path, budgets=(), reference=None, window: int | None
     """``reference``: a logits function; by default the manifest's model loaded by name.
     ``allow_missing``: checks that cannot run here (a runtime not installed) are reported as skipped
     without failing the report."""
-    from edge.calib import load_text
-    from edge.eval import compare
-    from edge.model.tokenizer import Tokenizer
-    from edge.package import read_manifest, verify
-    from edge.runtime.session import artifact_runner
-
     pkg = Path(package)
     m = read_manifest(pkg)
     verify(m, pkg)  # a modified package fails here, before anything runs
@@ -163,10 +167,6 @@ def _htp_checks(rep, pkg: Path, m: dict, art: dict, reference, host, text, windo
 
     import numpy as np
 
-    from edge.eval import compare
-    from edge.runtime import qnn
-    from edge.targets import load_target
-
     name = f"{art['files'][0]} (qnn-htp, emulated)"
     if not qnn.available():
         return [skipped(name,
@@ -204,7 +204,6 @@ def _reference_name(m: dict) -> str:
 
 
 def _reference(m: dict):
-    from edge.model.load import load_model
     from edge.runtime.eager import TorchRunner
 
     name = m["model"]["name"]
@@ -218,9 +217,6 @@ def _reference(m: dict):
 
 def _sim_checks(m: dict, budgets: list[str]) -> list[Check]:
     """The simulator's budget verdicts: the target's defaults plus ``budgets``."""
-    from edge.model.spec import ModelSpec
-    from edge.sim import simulate  # part of edge: an ImportError here is a broken install and must not pass
-
     spec = ModelSpec.from_dict(m["model"]["spec"])
     try:
         r = simulate(spec, m["recipe"], m["target"], runtime=m["runtime"], budgets=None)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edge.errors import BudgetFailed, ConfigError
+from edge.quant.configs import load_recipe as load_quant_recipe
+from edge.sim import load_recipe as load_cost_recipe
 
 # target format -> (our writer, its variant). "rknn", "hbm" and "qnn-context-binary" are compiled by
 # the vendor's tool from the ONNX we write: the package carries that ONNX.
@@ -99,9 +101,6 @@ def check_recipe(target, recipe, runtime: str | None = None) -> str:
     ``recipe`` is a preset name, a recipe file or a QuantRecipe; its simulator preset says which
     activation data type its matmuls take (fp16 activations cannot run on an int8-only NPU).
     """
-    from edge.quant.configs import load_recipe as load_quant_recipe
-    from edge.sim import load_recipe as load_cost_recipe
-
     q = load_quant_recipe(recipe)
     preset = q.sim_preset or q.name
     rt = target.runtime_for(preset, runtime)

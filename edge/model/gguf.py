@@ -18,7 +18,8 @@ from typing import Any
 import numpy as np
 
 from edge.errors import ModelLoadError, UnsupportedArchitecture
-from edge.model.spec import ModelSpec
+from edge.model.spec import ModelSpec, RopeScaling
+from edge.model.tokenizer import Tokenizer
 
 # GGUF tensor name (after "blk.N.") -> our parameter name (after "layers.N."): the names every
 # architecture shares; GGUFArch.layer_tensors adds or overrides per architecture.
@@ -273,8 +274,6 @@ def _spec_from_meta(meta: dict, path: Path, n_vocab_tensor: int | None, names: s
     kw["qk_norm"] = "blk.0.attn_q_norm.weight" in names
     kw["nope_layers"] = tuple(i for i in range(n_layers) if ga.nope_interval and (i + 1) % ga.nope_interval == 0)
     if get("rope.scaling.type") == "linear":
-        from edge.model.spec import RopeScaling
-
         kw["rope_scaling"] = RopeScaling(factor=float(get("rope.scaling.factor", 1.0)), rope_type="linear")
     if arch == "gemma3":  # what llama.cpp's gemma3 graph fixes in code (see edge.export.gguf.gguf_arch)
         kw.update(norm_offset=1.0, post_norms=True, mlp_act="gelu_tanh", embed_scale=dim**0.5,
@@ -339,8 +338,6 @@ def load_gguf(path: str | Path, dtype=None, progress: bool = False):
     import torch
 
     from edge.model.llama import Transformer, rope_frequencies
-    from edge.model.tokenizer import Tokenizer
-
     path = Path(path)
     reader = read_gguf(path)
     meta = reader.metadata

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import ModelLoadError, did_you_mean
+from edge.model.gguf import load_gguf, read_gguf_spec
 from edge.model.spec import ModelSpec
+from edge.model.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,6 @@ def load_spec(name_or_path: str | Path) -> ModelSpec:
     """The architecture of a model without loading weights or torch."""
     src = resolve(name_or_path)
     if src.kind in ("builtin", "gguf"):
-        from edge.model.gguf import read_gguf_spec
-
         spec = read_gguf_spec(src.path)
         return spec.with_(name=src.name) if src.kind == "builtin" else spec
     cfg = src.path / "config.json" if src.path.is_dir() else src.path
@@ -129,16 +129,12 @@ def load_model(name_or_path: str | Path, dtype=None, progress: bool = False) -> 
             "add the *.safetensors files to run it"
         )
     if src.kind in ("builtin", "gguf"):
-        from edge.model.gguf import load_gguf
-
         model, spec, tok = load_gguf(src.path, dtype=dtype, progress=progress)
         if src.kind == "builtin":
             spec = spec.with_(name=src.name)
             model.spec = spec
         return LoadedModel(model, spec, tok, src)
     from edge.model.hf import load_hf_checkpoint
-    from edge.model.tokenizer import Tokenizer
-
     kwargs = {} if dtype is None else {"dtype": dtype}
     model, spec = load_hf_checkpoint(src.path, **kwargs)
     model.eval().requires_grad_(False)  # inference everywhere; torch.export's static cache needs it

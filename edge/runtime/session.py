@@ -15,23 +15,22 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ConfigError
+from edge.model.tokenizer import Tokenizer
+from edge.package import read_manifest, verify
+from edge.runtime.executorch import PteRunner
+from edge.runtime.llamacpp import LlamaCppRunner
+from edge.runtime.onnxruntime import OnnxRunner
 
 
 def artifact_runner(pkg: Path, art: dict, threads: int | None = None):
     """The runner for one manifest artifact (files already verified)."""
     rt = art["runtime"]
     if rt == "executorch":
-        from edge.runtime.executorch import PteRunner
-
         return PteRunner(pkg / art["files"][0])
     if rt == "onnxruntime":
-        from edge.runtime.onnxruntime import OnnxRunner
-
         cos, sin = np.load(pkg / "rope.npy")
         return OnnxRunner(pkg, art["layout"], cos, sin, threads=threads)
     if rt == "llama.cpp":
-        from edge.runtime.llamacpp import LlamaCppRunner
-
         # the KV cache type the recipe chose (an int8 cache is part of the accuracy the package reports)
         return LlamaCppRunner(pkg / art["files"][0], n_ctx=512, n_threads=threads, kv_type=art.get("kv_cache", "f16"))
     raise ConfigError(f"artifact runtime '{rt}' unknown; known: executorch, onnxruntime, llama.cpp")
@@ -104,9 +103,6 @@ class Session:
 
 def load(package_dir: str | Path, backend: str | None = None, threads: int | None = None) -> Session:
     """Verify the package's checksums, then open its artifact for ``backend`` (default: the first)."""
-    from edge.model.tokenizer import Tokenizer
-    from edge.package import read_manifest, verify
-
     pkg = Path(package_dir)
     m = read_manifest(pkg)
     verify(m, pkg)

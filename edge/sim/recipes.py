@@ -26,6 +26,7 @@ from pathlib import Path
 
 from edge.errors import ConfigError
 from edge.errors import did_you_mean as _hint  # the one did-you-mean, under the name this file calls
+from edge.sim.sparsity import parse_nm
 
 
 @dataclass(frozen=True)
@@ -141,8 +142,6 @@ class Recipe:
             raise ConfigError(f"recipe {self.name}: sparsity must be a fraction in [0, 1) or a quoted \"N:M\" "
                               f"pattern (YAML reads 2:4 unquoted as 124), got {self.sparsity}")
         if self.nm_sparsity:
-            from edge.sim.sparsity import parse_nm
-
             try:
                 parse_nm(self.nm_sparsity)
             except ConfigError as e:
