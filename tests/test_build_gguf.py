@@ -13,8 +13,12 @@ import pytest
 CFG = dict(max_seq=64, calib_samples=4, calib_seq=32, eval_window=32, eval_windows=2)
 
 
-@pytest.mark.parametrize("recipe,min_corr", [("fp32", 0.99999), ("q4_0", 0.8)])
-def test_gguf_package_loads_in_llamacpp(tmp_path, recipe, min_corr):
+# measured on this tiny random model (llama.cpp, f16 KV cache, 8 tokens; the manifest's figures on 64
+# held-out tokens): fp32 corr 0.9999998, top-1 1.0, KLD 0; q4_0 corr 0.891, top-1 0.359, KLD 0.220.
+# Bounds: 20% on the error (1 - corr, KLD) and on top-1.
+@pytest.mark.parametrize("recipe,min_corr,min_top1,max_kld", [("fp32", 0.99999, 1.0, 1e-6),
+                                                              ("q4_0", 0.87, 0.29, 0.27)])
+def test_gguf_package_loads_in_llamacpp(tmp_path, recipe, min_corr, min_top1, max_kld):
     from edge.build import BuildConfig, build_package
     from edge.model.load import load_model
     from edge.runtime.eager import TorchRunner
@@ -36,4 +40,4 @@ def test_gguf_package_loads_in_llamacpp(tmp_path, recipe, min_corr):
     got = LlamaCppRunner(pkg / "model.gguf").logits(tokens)
     ref = TorchRunner(lm.model).logits(tokens)
     assert got.shape == ref.shape and np.corrcoef(got.ravel(), ref.ravel())[0, 1] > min_corr
-    assert 0 <= art["accuracy"]["top1_agreement"] <= 1
+    assert art["accuracy"]["top1_agreement"] >= min_top1 and art["accuracy"]["kld_mean"] <= max_kld

@@ -31,7 +31,9 @@ def build(lm, recipe, out):
     return build_package(lm, "snapdragon-8gen2", str(recipe), out, cfg=BuildConfig(**CFG), progress=lambda s: None)
 
 
-@pytest.mark.parametrize("base,max_diff,min_corr", [("fp32", 1e-3, 0.99999), ("q4_0", None, 0.8)])
+# measured (llama.cpp, f32 KV cache, against the same pruned model in torch): fp32 max |diff| 1.1e-5,
+# corr 1 - 4e-13; q4_0 corr 0.917. Bounds: 20% on the error (fp32 2e-5 for other CPUs' f32 kernels)
+@pytest.mark.parametrize("base,max_diff,min_corr", [("fp32", 2e-5, 0.99999), ("q4_0", None, 0.90)])
 def test_build_recipe_prunes_then_quantizes_then_exports(tiny, tmp_path, base, max_diff, min_corr):
     from edge.model.load import load_model
     from edge.prune import prune_loaded, read_build_recipe
@@ -60,7 +62,10 @@ def test_build_recipe_prunes_then_quantizes_then_exports(tiny, tmp_path, base, m
     assert got.shape == want.shape and np.corrcoef(got.ravel(), want.ravel())[0, 1] > min_corr
     if max_diff is not None:
         assert np.abs(got - want).max() < max_diff
-    assert 0 <= m["artifacts"][0]["accuracy"]["top1_agreement"] <= 1
+    # the manifest scores the package against the model as given (unpruned): half the MLP channels and
+    # heads of a random model gone costs KLD 1.354 (fp32) / 1.406 (q4_0), top-1 0.031 / 0.047 measured
+    acc = m["artifacts"][0]["accuracy"]
+    assert 1.1 < acc["kld_mean"] < 1.7 and acc["top1_agreement"] < 0.1
 
 
 def test_cli_build_with_prune_recipe(tiny, tmp_path):

@@ -41,7 +41,7 @@ def test_eval_json_contract(tmp_path, heldout_text):
     out = json.loads(res.output)
     assert {"ppl", "tokens", "model", "params"} <= set(out)
     assert out["tokens"] == 2 * 127 and out["params"] == 134_515_008
-    assert 2.0 < out["ppl"] < 100.0  # a trained model on English prose
+    assert 42.0 < out["ppl"] < 63.0  # measured 52.50 on these 254 held-out tokens; 20% either side
 
 
 def test_generate_answers(tmp_path):

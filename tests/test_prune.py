@@ -68,7 +68,8 @@ def test_ratio_hits_budget_and_auto_picks_lowest_kl(tiny):
     tried = res.report["kinds_tried"]
     assert set(tried) == {"mlp", "mlp+attn", "depth"}
     assert res.report["kind"] == min(tried, key=lambda k: tried[k]["calib_kl"])
-    assert abs(1 - res.spec.param_count() / TINY.param_count() - 0.2) < 0.07
+    # shapes come in multiples of 8: measured 21.6% removed for the 20% asked
+    assert abs(1 - res.spec.param_count() / TINY.param_count() - 0.2) < 0.02
 
 
 def test_selection_keeps_the_important_channels(tiny):
@@ -86,14 +87,15 @@ def test_unpruned_structures_keep_exact_outputs(tiny):
     assert (res.model(x) - tiny(x)).abs().max() == 0
 
 
-@pytest.mark.parametrize("recovery", ["lstsq", "lstsq-stream"])
-def test_lstsq_recovery_lowers_error(tiny, recovery):
+# measured error after / before recovery: lstsq 0.430, lstsq-stream 0.212; bounds 20% above
+@pytest.mark.parametrize("recovery,max_ratio", [("lstsq", 0.52), ("lstsq-stream", 0.26)])
+def test_lstsq_recovery_lowers_error(tiny, recovery, max_ratio):
     x = calib(96, 8, 32)
     errs = {}
     for rec in ("none", recovery):
         res = prune(tiny, PruneConfig(ffn_dim=48, n_heads=4, n_layers=3, multiple_of=8, recovery=rec), x)
         errs[rec] = (res.model(torch.tensor(x)) - tiny(torch.tensor(x))).pow(2).mean().item()
-    assert errs[recovery] < 0.7 * errs["none"]
+    assert errs[recovery] < max_ratio * errs["none"]
 
 
 def test_two_four_sparsity_mask_and_metadata(tiny):

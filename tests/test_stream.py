@@ -93,7 +93,7 @@ def test_stream_awq_gguf_matches_checkpoint_and_runs_in_llamacpp(ckpt, tok_gguf,
     model, spec, _ = load_gguf(tmp_path / "q8.gguf")
     with torch.no_grad():
         got = model(torch.tensor([tokens]))[0].numpy()
-    assert np.abs(got - ref).max() < 0.05 * np.abs(ref).max()
+    assert np.abs(got - ref).max() < 0.017 * np.abs(ref).max()  # measured 0.0139 of the range
 
     rep = stream_to_gguf(ckpt, tmp_path / "q4.gguf", StreamConfig(), tokenizer_gguf=tok_src,
                          progress=lambda s: None)
@@ -103,7 +103,7 @@ def test_stream_awq_gguf_matches_checkpoint_and_runs_in_llamacpp(ckpt, tok_gguf,
     llm.eval(tokens)
     cpp = np.array(llm.scores[: len(tokens)])
     assert cpp.shape == ref.shape and np.isfinite(cpp).all()
-    assert np.corrcoef(cpp.ravel(), ref.ravel())[0, 1] > 0.9  # Q4_0 of a random model: close, not equal
+    assert np.corrcoef(cpp.ravel(), ref.ravel())[0, 1] > 0.965  # Q4_0 of a random model: measured 0.971
     out = llm.create_completion("Hello", max_tokens=3, temperature=0)
     assert out["usage"]["completion_tokens"] >= 1
 

@@ -78,8 +78,9 @@ def test_qdq_w8a8_quantizes_only_weight_matmuls(tiny, tmp_path):
     ops = [n.op_type for n in onnx.load(str(tmp_path / "model.onnx")).graph.node]
     assert ops.count("DequantizeLinear") == 14 + 8 and ops.count("QuantizeLinear") == 8 and "Softmax" in ops
     got, ref = r.logits(TOKENS), TorchRunner(tiny).logits(TOKENS)
-    # random weights and random calibration tokens, hence the loose bound; built-in figures: docs/export.md
-    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.75 and np.abs(got - ref).max() < 1.5
+    # random weights and random calibration tokens; measured top-1 10 of 12, max |diff| 1.03 (of logits up
+    # to 2.78): bound 20% above. Built-in figures: docs/export.md
+    assert (got.argmax(-1) == ref.argmax(-1)).sum() >= 10 and np.abs(got - ref).max() < 1.25
 
 
 def test_qdq_needs_calibration(tiny, tmp_path):

@@ -84,8 +84,9 @@ def test_8da4w_matches_torchao_eager(tmp_path):
     with torch.no_grad():
         ref = dec(torch.tensor([TOKENS]), torch.tensor([0]))[0].numpy()
     got = PteRunner(res.path).logits(TOKENS)
-    assert np.abs(got - ref).max() < 0.2  # int8 dynamic activations round slightly differently
-    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
+    # int8 dynamic activations round slightly differently: measured max |diff| 0.047, top-1 12 of 12
+    assert np.abs(got - ref).max() < 0.057
+    assert (got.argmax(-1) == ref.argmax(-1)).all()
 
 
 def test_moe_model_is_refused_by_name():

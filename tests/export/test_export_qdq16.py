@@ -58,7 +58,7 @@ def test_cpu_run_tracks_the_float_model(exported):
     cpu = OnnxRunner(out, res.layout, cos, sin).logits(toks)
     ref = TorchRunner(m).logits(toks)
     # int4 weights on a random model with one group per 64-wide row: coarse, but the same distribution
-    assert np.corrcoef(cpu.ravel(), ref.ravel())[0, 1] > 0.9
+    assert np.corrcoef(cpu.ravel(), ref.ravel())[0, 1] > 0.969  # measured 0.974; 20% on 1 - corr
 
 
 def test_activation_ranges_cover_every_calibration_prefill(exported, tmp_path):

@@ -37,5 +37,7 @@ def test_moe_gguf_quantized_runs_in_llamacpp(tmp_path, base):
     with torch.no_grad():
         ref = m(torch.tensor([toks]))[0].numpy()  # the unquantized model
     cos = (got * ref).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(ref, axis=-1)
-    assert cos.min() > (0.999 if base == "q8_0" else 0.98)
-    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.75
+    # measured: min cosine 0.99989 (q8_0) / 0.99987 (q4_0: the random experts' rows quantize well), top-1
+    # 8 / 7 of 8 tokens; bounds 20% on 1 - cos
+    assert cos.min() > (0.99987 if base == "q8_0" else 0.99984)
+    assert (got.argmax(-1) == ref.argmax(-1)).sum() >= (8 if base == "q8_0" else 7)

@@ -95,7 +95,7 @@ def test_gguf_export_loads_in_llamacpp_and_matches(tmp_path, source_gguf):
     with torch.no_grad():
         want = m(torch.tensor([toks]))[0].numpy()
     cos = (got * want).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
-    assert cos.min() > 0.99
+    assert cos.min() > 0.99966  # measured 0.99972; 20% on 1 - cos
     # deterministic bytes
     m2 = model(vocab_size=GGUF_VOCAB)
     q2 = quantize(m2, recipe, calib())
