@@ -93,9 +93,27 @@ def gguf_arch(spec) -> GGUFArch:
     if tuple(spec.nope_layers) != want_nope:
         refuse(f"skips RoPE on layers {list(want_nope) or 'none'}; this model on {list(spec.nope_layers) or 'none'}")
     rs = spec.rope_scaling
-    if rs is not None and rs.rope_type not in ("linear",):
-        refuse(f"is written without {rs.rope_type} RoPE scaling here")
+    # llama.cpp takes Llama-3's band-wise scaling as per-frequency divisors (rope_freqs, llama arch) and
+    # LongRoPE as two such tables picked by context size (rope_factors_short/long, phi3)
+    if rs is not None and rs.rope_type not in {"llama": ("linear", "llama3"), "phi3": ("linear", "longrope")}.get(
+            ga.name, ("linear",)):
+        refuse(f"has no {rs.rope_type} RoPE scaling")
     return ga
+
+
+def rope_tensors(spec) -> dict[str, np.ndarray]:
+    """The frequency-factor tensors llama.cpp divides RoPE's frequencies by, (rope_dim/2,) float32 each."""
+    rs = spec.rope_scaling
+    if rs is None or rs.rope_type == "linear":
+        return {}
+    if rs.rope_type == "longrope":
+        return {"rope_factors_long.weight": np.asarray(rs.long_factor, dtype=np.float32),
+                "rope_factors_short.weight": np.asarray(rs.short_factor, dtype=np.float32)}
+    from edge.model.llama import rope_frequencies
+
+    plain = rope_frequencies(spec.with_(rope_scaling=None)).double().cpu().numpy()
+    scaled = rope_frequencies(spec).double().cpu().numpy()
+    return {"rope_freqs.weight": (plain / scaled).astype(np.float32)}
 
 
 def _row_perm(rows: int, n_head: int) -> np.ndarray:
@@ -342,6 +360,8 @@ def export_gguf(model, quantized, path: str | Path, *, tokenizer_gguf: str | Pat
                 _add(w, gname, item)
                 written[gname] = item[1].name if item[1] is not None else ("F16" if item[0].dtype == np.float16
                                                                             else "F32")
+        for gname, arr in rope_tensors(spec).items():
+            _add(w, gname, (arr, None))
         for blk, parts in fused.items():  # ffn_up = [gate; up] rows: blocks run along rows, so this is exact
             (g, gt), (u, ut) = parts["ffn_gate"], parts["ffn_up"]
             if gt != ut or g.dtype != u.dtype:
@@ -413,9 +433,13 @@ def arch_keys(spec) -> dict:
             keys[f"{a}.expert_feed_forward_length"] = (spec.moe_ffn_dim, V.UINT32)
         if spec.shared_expert_ffn_dim:
             keys[f"{a}.expert_shared_feed_forward_length"] = (spec.shared_expert_ffn_dim, V.UINT32)
-    if spec.rope_scaling is not None:  # linear (gguf_arch refuses the others): every frequency / factor
+    rs = spec.rope_scaling
+    if rs is not None and rs.rope_type == "linear":  # every frequency divided by the factor
         keys[f"{a}.rope.scaling.type"] = ("linear", V.STRING)
-        keys[f"{a}.rope.scaling.factor"] = (float(spec.rope_scaling.factor), V.FLOAT32)
+        keys[f"{a}.rope.scaling.factor"] = (float(rs.factor), V.FLOAT32)
+    elif rs is not None and rs.rope_type == "longrope":  # long factors past this many positions
+        keys[f"{a}.rope.scaling.original_context_length"] = (rs.original_max_position_embeddings, V.UINT32)
+        keys[f"{a}.rope.scaling.attn_factor"] = (float(rs.attention_factor), V.FLOAT32)
     if a == "gemma3":
         if spec.final_logit_softcap:
             keys[f"{a}.final_logit_softcapping"] = (float(spec.final_logit_softcap), V.FLOAT32)

@@ -231,7 +231,8 @@ def read_metadata(reader) -> dict[str, Any]:
     return out
 
 
-def _spec_from_meta(meta: dict, path: Path, n_vocab_tensor: int | None, names: set[str]) -> ModelSpec:
+def _spec_from_meta(meta: dict, path: Path, n_vocab_tensor: int | None, names: set[str],
+                    rope_factors: dict[str, Any] | None = None) -> ModelSpec:
     arch = meta.get("general.architecture")
     if arch not in SUPPORTED_GGUF_ARCHS:
         raise UnsupportedArchitecture(
@@ -275,6 +276,13 @@ def _spec_from_meta(meta: dict, path: Path, n_vocab_tensor: int | None, names: s
     kw["nope_layers"] = tuple(i for i in range(n_layers) if ga.nope_interval and (i + 1) % ga.nope_interval == 0)
     if get("rope.scaling.type") == "linear":
         kw["rope_scaling"] = RopeScaling(factor=float(get("rope.scaling.factor", 1.0)), rope_type="linear")
+    elif rope_factors and "rope_factors_long.weight" in rope_factors:  # Phi-3 LongRoPE
+        kw["rope_scaling"] = RopeScaling(
+            factor=1.0, rope_type="longrope", original_max_position_embeddings=int(
+                get("rope.scaling.original_context_length", 0)), attention_factor=float(
+                get("rope.scaling.attn_factor", 1.0)),
+            long_factor=tuple(rope_factors["rope_factors_long.weight"]),
+            short_factor=tuple(rope_factors["rope_factors_short.weight"]))
     if arch == "gemma3":  # what llama.cpp's gemma3 graph fixes in code (see edge.export.gguf.gguf_arch)
         kw.update(norm_offset=1.0, post_norms=True, mlp_act="gelu_tanh", embed_scale=dim**0.5,
                   final_logit_softcap=float(get("final_logit_softcapping", 0.0)))
@@ -306,13 +314,19 @@ def _spec_from_meta(meta: dict, path: Path, n_vocab_tensor: int | None, names: s
     )
 
 
+def _rope_factors(tensors: dict) -> dict[str, list[float]]:
+    """LongRoPE's factor tables (float32 vectors) by tensor name, as plain floats."""
+    return {n: [float(x) for x in np.asarray(t.data, dtype=np.float32).reshape(-1)]
+            for n, t in tensors.items() if n.startswith("rope_factors_")}
+
+
 def read_gguf_spec(path: str | Path) -> ModelSpec:
     """The ModelSpec of a GGUF file from its metadata (no tensor data is read, no torch)."""
     reader = read_gguf(path)
     names = {t.name: t for t in reader.tensors}
     emb = names.get("token_embd.weight")
     return _spec_from_meta(read_metadata(reader), Path(path), int(emb.shape[1]) if emb is not None else None,
-                           set(names))
+                           set(names), _rope_factors(names))
 
 
 def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -343,7 +357,8 @@ def load_gguf(path: str | Path, dtype=None, progress: bool = False):
     meta = reader.metadata
     tensors = {t.name: t for t in reader.tensors}
     emb = tensors.get("token_embd.weight")
-    spec = _spec_from_meta(meta, path, int(emb.shape[1]) if emb is not None else None, set(tensors))
+    spec = _spec_from_meta(meta, path, int(emb.shape[1]) if emb is not None else None, set(tensors),
+                           _rope_factors(tensors))
     ga = GGUF_ARCHS[spec.arch]
     layer_tensors = ga.tensors()
     with torch.device("meta"):
@@ -358,7 +373,7 @@ def load_gguf(path: str | Path, dtype=None, progress: bool = False):
     bar = tqdm(tensors.items(), desc=f"load {path.name}", unit="tensor", leave=False,
                disable=None if progress else True)  # None: only on a terminal
     for name, t in bar:
-        if name == "rope_freqs.weight":  # Llama-3.1 frequency factors, applied below
+        if name == "rope_freqs.weight" or name.startswith("rope_factors_"):  # RoPE tables: applied below / spec
             continue
         if name == "output.weight" and spec.tie_embeddings:  # the copy llama.cpp requires of a tied head
             continue
@@ -411,7 +426,7 @@ def load_gguf(path: str | Path, dtype=None, progress: bool = False):
         model.lm_head.weight = model.embed_tokens.weight
     model.inv_freq = rope_frequencies(spec)  # non-persistent buffer, still on meta
     if "rope_freqs.weight" in tensors:
-        factors = torch.from_numpy(_tensor_f32(tensors["rope_freqs.weight"]).reshape(-1))
+        factors = torch.from_numpy(np.array(_tensor_f32(tensors["rope_freqs.weight"]), dtype=np.float32).reshape(-1))
         model.inv_freq = model.inv_freq / factors
     if dtype is not None:
         model = model.to(dtype)
