@@ -18,7 +18,7 @@ from edge.calib import CalibConfig, dataset_hash, load_text, token_batches
 from edge.errors import BudgetFailed, ConfigError
 from edge.eval import compare
 from edge.export.check import check
-from edge.export.gguf import export_gguf
+from edge.export.gguf import export_gguf, tokenizer_source
 from edge.model.load import load_model
 from edge.package import PackageWriter
 from edge.prune import prune_loaded, read_build_recipe
@@ -138,12 +138,9 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
         else:
             from edge.quant.quantize import quantize
 
-            # the tokenizer: copied from the source GGUF, or converted from the checkpoint's tokenizer.json
-            tok_src = ({"tokenizer_gguf": lm.source.path} if lm.source.kind in ("builtin", "gguf")
-                       else {"tokenizer_dir": lm.source.path})
             m = copy.deepcopy(lm.model)
             q = None if plan.option in ("fp32", "fp16") else quantize(m, plan.option, torch.from_numpy(calib))
-            export_gguf(m, q, w.dir / "model.gguf", **tok_src,
+            export_gguf(m, q, w.dir / "model.gguf", **tokenizer_source(lm.source),
                         provenance={"calib": dataset_hash(calib_cfg), "recipe": recipe, "target": tp.name},
                         float_type="f16" if plan.option == "fp16" else "f32")
             art |= {"files": ["model.gguf"], "kv_cache": kv_cache}  # the runner's cache type

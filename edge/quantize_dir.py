@@ -24,7 +24,7 @@ import numpy as np
 
 from edge.calib import CalibConfig, describe, token_batches
 from edge.errors import ConfigError, EdgeError
-from edge.export.gguf import export_gguf
+from edge.export.gguf import export_gguf, tokenizer_source
 from edge.model.load import load_model
 from edge.quant.configs import CLASS_MODULES, LINEAR_CLASSES, QuantRecipe, load_recipe
 
@@ -83,8 +83,8 @@ def quantize_to_dir(model: str, recipe: str, out: str | Path, *, calib: str = "a
                                       "rewritten model's (norms folded into the linears: ones)"}
         else:
             formats = set(q.info["plan"].values())
-            if formats <= set(GGUF_FORMATS) and r.activations == "none" and lm.source.kind in ("builtin", "gguf"):
-                artifact = export_gguf(lm.model, q, tmp / "model.gguf", tokenizer_gguf=lm.source.path,
+            if formats <= set(GGUF_FORMATS) and r.activations == "none" and lm.source.kind in ("builtin", "gguf", "hf"):
+                artifact = export_gguf(lm.model, q, tmp / "model.gguf", **tokenizer_source(lm.source),
                                        provenance=provenance)
             else:
                 artifact = tmp / "tensors.npz"

@@ -250,6 +250,14 @@ def _kv_type(key: str, val):
     return V.STRING, None
 
 
+def tokenizer_source(source) -> dict:
+    """Where a loaded model's GGUF tokenizer comes from, as export_gguf's keyword: its source GGUF
+    (built-in or a file: copied) or its checkpoint directory (tokenizer.json: converted)."""
+    if source.kind in ("builtin", "gguf"):
+        return {"tokenizer_gguf": source.path}
+    return {"tokenizer_dir": source.path}
+
+
 def tokenizer_fields(n_vocab: int, *, tokenizer_gguf: str | Path | None = None,
                      tokenizer_dir: str | Path | None = None) -> tuple[list, dict, int]:
     """The tokenizer (and general.*) key/values to write for a model of ``n_vocab`` embedding rows.
