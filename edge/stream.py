@@ -8,7 +8,12 @@ known from the config, so the header and tensor table go out first and each laye
 as soon as they are quantized. Peak memory is about one layer in fp32 plus its quantization
 temporaries (~1.5 GB for a Llama-3-8B layer) plus the embedding table's blocks.
 
-Calibration (``StreamConfig.method="awq"``): AWQ's per-input-channel scales (Lin et al., 2023),
+Architectures: the dense ones whose checkpoint names are ours (``STREAM_ARCHS``: Llama, Mistral, Qwen2,
+Qwen3, SmolLM3, Gemma 3), under llama.cpp's name for each, with the tensor names, q/k row order, norm
+offsets, RoPE tables and keys of ``edge.export.gguf`` (the one GGUF vocabulary of the writers); the
+tokenizer is converted from the checkpoint's tokenizer.json unless a GGUF is given to copy it from.
+
+Calibration (``StreamConfig.method="awq"``, the llama layer only): AWQ's per-input-channel scales (Lin et al., 2023),
 searched per group of linears that share an input (q/k/v, gate/up, down; o_proj too when the
 attention has as many KV heads as query heads) on a small batch (default 4 x 64 tokens). The loss
 of each candidate ``s = mean|x|^alpha`` is the output error ``||X (Q(W s)/s - W)^T||^2`` measured on
@@ -21,7 +26,8 @@ tensor and llama.cpp runs it unchanged. The search uses the fp activations (each
 come from the unquantized layers before it). No weight clipping search.
 
     from edge.stream import StreamConfig, stream_to_gguf
-    rep = stream_to_gguf("ckpt/Llama-3-8B", "out/model.gguf", StreamConfig(), tokenizer_gguf="tok.gguf")
+    rep = stream_to_gguf("ckpt/Llama-3-8B", "out/model.gguf", StreamConfig())
+    rep = stream_to_gguf("ckpt/Qwen3-8B", "out/model.gguf", StreamConfig(method="rtn"))
 
 Formats whose toolchain holds the whole graph in memory (.pte, ONNX) cannot stream; for those,
 ``check_export_memory`` estimates the peak up front and refuses with the figure and the
@@ -42,8 +48,18 @@ import numpy as np
 
 from edge.calib import CalibConfig, dataset_hash, token_batches
 from edge.errors import ConfigError, EdgeError, ModelLoadError
-from edge.export.gguf import FILE_TYPES, _row_perm, arch_keys, atomic_gguf, put_keys, tokenizer_fields
-from edge.model.gguf import LAYER_TENSORS
+from edge.export.gguf import (
+    FILE_TYPES,
+    _row_perm,
+    arch_keys,
+    atomic_gguf,
+    gguf_arch,
+    gguf_name,
+    put_keys,
+    qk_heads,
+    rope_tensors,
+    tokenizer_fields,
+)
 from edge.model.spec import ModelSpec
 from edge.model.tokenizer import Tokenizer
 
@@ -319,24 +335,41 @@ def awq_search(ws: list[np.ndarray], x, fmt_name: str, grid: int, n_rows: int):
 # ---- the streaming quantizer -------------------------------------------------------------------------------
 
 _HF = "model.layers.{i}.{leaf}"
-# HF leaf -> GGUF leaf of the dense llama layer this writer streams, in file order (names from the
-# one table of GGUF names)
-_LAYER = {ours: gguf for ours in (
-    "self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
-    "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight", "input_layernorm.weight",
-    "post_attention_layernorm.weight") for gguf, o in LAYER_TENSORS.items() if o == ours}
+# the llama layer's tensors in the order this writer has always put them in the file; other leaves
+# of an architecture (biases, q/k norms, Gemma's extra norms) follow in the decoder's order
+_LLAMA_ORDER = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
+                "input_layernorm.weight", "post_attention_layernorm.weight")
+# architectures whose checkpoint names are our parameter names, dense: what this writer streams
+STREAM_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma3")
+# ... and those its AWQ search calibrates (the llama layer: scales fold into the two pre-norms)
+AWQ_ARCHS = ("llama", "mistral")
 
 
-def _plan(spec, cfg: StreamConfig) -> list[tuple[str, tuple[int, int] | tuple[int], str]]:
-    """(GGUF name, shape (rows, cols), format) of every tensor, in file order."""
-    out = [("token_embd.weight", (spec.vocab_size, spec.dim), cfg.weights)]
-    shapes = {_LAYER[hf]: shape for hf, shape in _hf_layer_shapes(spec).items()}
+def _layer_leaves(spec, i: int) -> list[tuple[str, tuple[int, ...]]]:
+    """(our leaf name, shape) of layer i's tensors, in file order (no data: a meta-device layer)."""
+    import torch
+
+    from edge.model.llama import DecoderLayer
+
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in DecoderLayer(spec, i).state_dict().items()}
+    order = [k for k in _LLAMA_ORDER if k in shapes] + [k for k in shapes if k not in _LLAMA_ORDER]
+    return [(k, shapes[k]) for k in order]
+
+
+def _plan(spec, cfg: StreamConfig) -> list[tuple[str, tuple[int, int] | tuple[int], str, str | None]]:
+    """(GGUF name, shape (rows, cols), format, our name or None) of every tensor, in file order."""
+    out = [("token_embd.weight", (spec.vocab_size, spec.dim), cfg.weights, None)]
     for i in range(spec.n_layers):
-        for leaf in _LAYER.values():
-            out.append((f"blk.{i}.{leaf}", shapes[leaf], "f32" if leaf.endswith("norm.weight") else cfg.weights))
-    out.append(("output_norm.weight", (spec.dim,), "f32"))
+        for leaf, shape in _layer_leaves(spec, i):
+            gname = gguf_name(f"layers.{i}.{leaf}", spec)[0]
+            out.append((gname, shape, "f32" if len(shape) == 1 else cfg.weights, leaf))
+    out.append(("output_norm.weight", (spec.dim,), "f32", None))
     if not spec.tie_embeddings:
-        out.append(("output.weight", (spec.vocab_size, spec.dim), cfg.head))
+        out.append(("output.weight", (spec.vocab_size, spec.dim), cfg.head, None))
+    for name, arr in rope_tensors(spec).items():
+        out.append((name, arr.shape, "f32", None))
     return out
 
 
@@ -350,12 +383,13 @@ def _nbytes(shape, fmt_name: str) -> int:
 
 
 def _check_spec(spec, cfg: StreamConfig) -> None:
-    if spec.arch not in ("llama", "mistral") or spec.is_moe or spec.qkv_bias:
-        raise ConfigError(f"streaming GGUF export handles dense llama/mistral checkpoints; this is {spec.arch}"
-                          f"{' (MoE)' if spec.is_moe else ''}{' with q/k/v bias' if spec.qkv_bias else ''}")
-    if spec.rope_scaling is not None:
-        raise ConfigError("streaming GGUF export of Llama-3.1 RoPE scaling (rope_freqs) is not implemented; "
-                          "the checkpoint's config has rope_scaling")
+    if spec.arch not in STREAM_ARCHS or spec.is_moe:
+        raise ConfigError(f"streaming GGUF export handles dense {', '.join(STREAM_ARCHS)} checkpoints; this is "
+                          f"{spec.arch}{' (MoE)' if spec.is_moe else ''}; load it whole (edge build / edge quantize)")
+    gguf_arch(spec)  # what llama.cpp cannot compute for the architecture, in one line
+    if cfg.method == "awq" and (spec.arch not in AWQ_ARCHS or spec.qkv_bias):
+        raise ConfigError(f"streaming AWQ calibrates the llama layer ({', '.join(AWQ_ARCHS)}); this is {spec.arch}: "
+                          "use method rtn (edge stream --method rtn)")
     for name, cols in (("dim", spec.dim), ("ffn_dim", spec.ffn_dim), ("q_dim", spec.q_dim)):
         if cols % 32:
             raise ConfigError(f"{name} {cols} is not a multiple of the GGUF block size (32)")
@@ -396,7 +430,7 @@ def stream_to_gguf(checkpoint: str | Path, out: str | Path, cfg: StreamConfig = 
     report: dict = {"model": ckpt_dir.name, "spec": {"params": spec.param_count(), "n_layers": spec.n_layers,
                                                      "dim": spec.dim, "vocab": spec.vocab_size},
                     "config": asdict(cfg), "layers": []}
-    with atomic_gguf(out, "llama") as w:
+    with atomic_gguf(out, gguf_arch(spec).name) as w:
         prov = _write_stream(w, spec, cfg, ck, plan, fields, padded, tokens, calib_cfg, ckpt_dir, report, progress,
                              t_start)
     report.update({"path": str(out), "bytes": out.stat().st_size, "seconds": round(time.time() - t_start, 1),
@@ -421,7 +455,7 @@ def _write_stream(w, spec, cfg, ck, plan, fields, padded, tokens, calib_cfg, ckp
             "calib": dataset_hash(calib_cfg) if tokens is not None else None, "padded_tokens": padded}
     w.add_key_value("edge.provenance", json.dumps(prov, sort_keys=True), gguf.GGUFValueType.STRING)
     types = {"f32": None, **{f: gguf.GGMLQuantizationType[f.upper()] for f in STREAM_FORMATS}}
-    for name, shape, fmt in plan:
+    for name, shape, fmt, _ in plan:
         n = _nbytes(shape, fmt)
         if fmt == "f32":
             w.add_tensor_info(name, shape, np.dtype(np.float32), n)
@@ -431,7 +465,7 @@ def _write_stream(w, spec, cfg, ck, plan, fields, padded, tokens, calib_cfg, ckp
     order = iter(plan)
 
     def put(arr: np.ndarray) -> None:
-        name, shape, fmt = next(order)
+        name, shape, fmt, _ = next(order)
         assert arr.nbytes == _nbytes(shape, fmt), name
         w.write_tensor_data(arr)
 
@@ -459,16 +493,21 @@ def _write_stream(w, spec, cfg, ck, plan, fields, padded, tokens, calib_cfg, ckp
         pos_cos, pos_sin = emb_f.cos(), emb_f.sin()  # (T, head_dim)
         mask = torch.ones(T, T, dtype=torch.bool).tril()
 
+    ga = gguf_arch(spec)
     for i in range(spec.n_layers):
         t0 = time.time()
-        ws = {leaf: ck.read(_HF.format(i=i, leaf=leaf)) for leaf in _LAYER}
+        leaves = [leaf for leaf, _ in _layer_leaves(spec, i)]
+        ws = {leaf: ck.read(_HF.format(i=i, leaf=leaf)) for leaf in leaves}
         info = {"layer": i}
         if x is not None:
             x, info["awq"] = _calibrate_layer(spec, i, ws, x, pos_cos, pos_sin, mask, cfg, DecoderLayer)
-        ws["self_attn.q_proj.weight"] = ws["self_attn.q_proj.weight"][_row_perm(spec.q_dim, spec.n_heads)]
-        ws["self_attn.k_proj.weight"] = ws["self_attn.k_proj.weight"][_row_perm(spec.kv_dim, spec.n_kv_heads)]
-        for leaf in _LAYER:
+        for leaf in leaves:
             arr = ws.pop(leaf)
+            heads = qk_heads(leaf, spec) if ga.interleaved_rope else None
+            if heads:  # llama.cpp's interleaved RoPE order
+                arr = arr[_row_perm(arr.shape[0], heads)]
+            if spec.norm_offset and leaf.endswith("norm.weight"):  # llama.cpp multiplies by the stored weight
+                arr = arr + np.float32(spec.norm_offset)
             put(arr if arr.ndim == 1 else quantize_blocks(arr, cfg.weights, cfg.chunk_rows))
             del arr
         info["seconds"] = round(time.time() - t0, 2)
@@ -476,7 +515,7 @@ def _write_stream(w, spec, cfg, ck, plan, fields, padded, tokens, calib_cfg, ckp
         progress(f"stream: layer {i + 1}/{spec.n_layers} in {info['seconds']:.1f} s, "
                  f"peak RSS {peak_rss_bytes() / 2**30:.2f} GiB")
 
-    put(ck.read("model.norm.weight"))
+    put(ck.read("model.norm.weight") + np.float32(spec.norm_offset))
     if not spec.tie_embeddings:
         head = "lm_head.weight"
         blocks = np.empty((vocab, _nbytes((1, spec.dim), cfg.head)), dtype=np.uint8)
@@ -485,6 +524,8 @@ def _write_stream(w, spec, cfg, ck, plan, fields, padded, tokens, calib_cfg, ckp
                                                    cfg.chunk_rows)
         put(blocks)
         del blocks
+    for arr in rope_tensors(spec).values():
+        put(arr)
     return prov
 
 

@@ -287,3 +287,37 @@ def test_edge_quantize_writes_gguf_from_checkpoint_dir(tmp_path):
     corr = float(np.corrcoef(got.ravel(), ref.ravel())[0, 1])
     print(f"q8_0 from a checkpoint dir: corr {corr:.5f}, max |diff| {np.abs(got - ref).max():.3f}")
     assert 1 - corr < 2e-4 and np.abs(got - ref).max() < 0.016  # measured 1.3e-4, 0.013
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "gemma3", "smollm3", "llama-rope3"])
+def test_edge_stream_writes_these_architectures_layer_by_layer(arch, tmp_path):
+    """edge stream (round to nearest, q8_0) on checkpoints of the architectures it streams: llama.cpp runs
+    the file close to the checkpoint, Q8_0 noise only; the tokenizer converted from tokenizer.json."""
+    from edge.model.gguf import read_gguf
+    from edge.model.load import load_model
+    from edge.runtime.eager import TorchRunner
+    from edge.runtime.llamacpp import LlamaCppRunner
+    from edge.stream import StreamConfig, stream_to_gguf
+
+    ckpt = tiny_checkpoint(tmp_path / f"tiny-{arch}", arch)
+    out = tmp_path / "s.gguf"
+    stream_to_gguf(ckpt, out, StreamConfig(weights="q8_0", head="q8_0", method="rtn"), progress=lambda s: None)
+    lm = load_model(ckpt)
+    assert read_gguf(out).metadata["tokenizer.ggml.tokens"][:100] == [
+        lm.tokenizer.backend.id_to_token(i) for i in range(100)]
+    tokens = lm.tokenizer.encode(MIXED)[:96]
+    got = LlamaCppRunner(out, n_ctx=128, kv_type="f32").logits(tokens)
+    ref = TorchRunner(lm.model).logits(tokens)
+    corr = float(np.corrcoef(got.ravel(), ref.ravel())[0, 1])
+    print(f"stream {arch} q8_0 rtn: corr {corr:.6f}, max |diff| {np.abs(got - ref).max():.4f}")
+    assert 1 - corr < {"gemma3": 6e-4}.get(arch, 1.4e-4)  # measured 4.5e-4 (gemma3), 0.5e-4..1.1e-4
+
+
+def test_edge_stream_awq_on_other_layers_is_one_line(tmp_path):
+    from edge.errors import ConfigError
+    from edge.stream import StreamConfig, stream_to_gguf
+
+    ckpt = tiny_checkpoint(tmp_path / "tiny-qwen3", "qwen3")
+    with pytest.raises(ConfigError, match="use method rtn"):
+        stream_to_gguf(ckpt, tmp_path / "s.gguf", StreamConfig(method="awq"), progress=lambda s: None)
+    assert not list(tmp_path.glob("s.gguf*"))
