@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ConfigError, ModelLoadError
-from edge.runtime.base import greedy_generate
+from edge.runtime.base import decode_stream, greedy_generate
 
 
 def load_custom_ops() -> None:
@@ -92,15 +92,7 @@ class PteRunner:
         return self._forward([token], pos)[0]
 
     def stream(self, tokens: list[int], max_new_tokens: int, pick) -> Iterator[int]:
-        last = self.prefill(list(tokens))[-1]
-        pos = len(tokens)
-        for _ in range(min(max_new_tokens, self.max_context - pos + 1)):
-            nxt = pick(last)
-            yield nxt
-            if pos >= self.max_context:
-                return
-            last = self.step(nxt, pos)
-            pos += 1
+        return decode_stream(self, tokens, max_new_tokens, pick, self.max_context)
 
     def generate(self, tokens: list[int], max_new_tokens: int, stop: set[int] | None = None) -> list[int]:
         return greedy_generate(self.stream, tokens, max_new_tokens, stop)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.errors import ConfigError, ModelLoadError
-from edge.runtime.base import greedy_generate
+from edge.runtime.base import decode_stream, greedy_generate
 
 
 class OnnxRunner:
@@ -109,15 +109,7 @@ class OnnxRunner:
         return self._forward([token], pos)[0]
 
     def stream(self, tokens: list[int], max_new_tokens: int, pick) -> Iterator[int]:
-        last = self.prefill(list(tokens))[-1]
-        pos = len(tokens)
-        for _ in range(max_new_tokens):
-            nxt = pick(last)
-            yield nxt
-            if pos >= self.S:
-                return
-            last = self.step(nxt, pos)
-            pos += 1
+        return decode_stream(self, tokens, max_new_tokens, pick, self.S)
 
     def generate(self, tokens: list[int], max_new_tokens: int, stop: set[int] | None = None) -> list[int]:
         return greedy_generate(self.stream, tokens, max_new_tokens, stop)

@@ -39,6 +39,7 @@ def test_prefill_and_decode_match_torch(tiny, tmp_path, dtype, atol):
     ref = TorchRunner(tiny).logits(TOKENS)
     np.testing.assert_allclose(decode_logits(r), ref, atol=atol)
     assert r.generate(TOKENS[:4], 6) == TorchRunner(tiny).generate(TOKENS[:4], 6)
+    assert len(r.generate(TOKENS[:4], 100)) == 32 - 4 + 1  # until the 32-slot cache is full, then the last pick
 
 
 def test_opset11_fixed_shapes_split_by_size(tiny, tmp_path):

@@ -48,6 +48,7 @@ def test_fp32_prefill_and_decode_match_torch(tiny, fp32_pte):
     from edge.runtime.eager import TorchRunner
 
     assert r.generate(TOKENS[:4], 6) == TorchRunner(tiny).generate(TOKENS[:4], 6)
+    assert len(r.generate(TOKENS[:4], 100)) == 32 - 4 + 1  # until the 32-slot cache is full, then the last pick
 
 
 def test_fp32_ops_outside_delegate_are_the_cache_and_attention(fp32_pte):
