@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
-tokenizers = pytest.importorskip("tokenizers")
-transformers = pytest.importorskip("transformers")
+import tokenizers
+import transformers
 
 # code, prose with accents, Chinese, emoji (one a ZWJ sequence), digits, whitespace runs, a special token
 MIXED = ("def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)  # O(2^n)\n\n"
@@ -84,7 +82,7 @@ def gemma_spm(out: Path, work: Path, vocab_size: int = 960, style: str = "gemma"
     """A SentencePiece-style checkpoint tokenizer: a SentencePiece BPE model with byte fallback trained
     here, turned into tokenizer.json the way transformers converts Gemma's (vocab + merges by score).
     ``style`` "phi3" names the specials as Phi-3's Llama-2 vocabulary does (<s>, </s>, <|end|>)."""
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm
     from tokenizers.models import BPE
     from transformers.convert_slow_tokenizer import SentencePieceExtractor
 

@@ -77,9 +77,8 @@ def _logits_ref(ckpt, tokens):
 
 
 def test_stream_awq_gguf_matches_checkpoint_and_runs_in_llamacpp(ckpt, tok_gguf, tmp_path):
-    import llama_cpp
-
     from edge.model.gguf import load_gguf
+    from edge.model.llama_log import load_llama
     from edge.stream import StreamConfig, stream_to_gguf
 
     tokens = [1, 50, 70, 90, 3, 300, 12, 40]
@@ -98,8 +97,7 @@ def test_stream_awq_gguf_matches_checkpoint_and_runs_in_llamacpp(ckpt, tok_gguf,
     rep = stream_to_gguf(ckpt, tmp_path / "q4.gguf", StreamConfig(), tokenizer_gguf=tok_src,
                          progress=lambda s: None)
     assert all(g["loss_reduction"] >= 0 for layer in rep["layers"] for g in layer["awq"].values())
-    llm = llama_cpp.Llama(model_path=str(tmp_path / "q4.gguf"), n_ctx=64, n_threads=1, verbose=False,
-                          logits_all=True)
+    llm = load_llama(tmp_path / "q4.gguf", n_ctx=64, n_threads=1, logits_all=True)
     llm.eval(tokens)
     cpp = np.array(llm.scores[: len(tokens)])
     assert cpp.shape == ref.shape and np.isfinite(cpp).all()

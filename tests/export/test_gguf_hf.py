@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import json
 
+import gguf
 import numpy as np
 import pytest
+import torch
+import transformers
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-llama_cpp = pytest.importorskip("llama_cpp")
-gguf = pytest.importorskip("gguf")
-
-from edge.errors import ModelLoadError  # noqa: E402
-from tests.hftokenizers import MIXED, byte_level_bpe, gemma_spm  # noqa: E402
+from edge.errors import ModelLoadError
+from tests.hftokenizers import MIXED, byte_level_bpe, gemma_spm
 
 VOCAB = 512  # the BPE tokenizers have 480 tokens: the GGUF pads the rest, as Qwen's real files need
 WINDOW = 16  # Gemma 3's sliding layers see 16 positions of a ~260-token text
@@ -106,7 +104,9 @@ def checkpoint(request, tmp_path_factory):
 
 
 def _vocab_only(path):
-    return llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    from edge.model.llama_log import load_llama
+
+    return load_llama(path, "read the tokenizer", vocab_only=True)
 
 
 def test_hf_checkpoint_gguf_matches_ours_in_llamacpp(checkpoint, tmp_path):
