@@ -66,10 +66,10 @@ def do_quantize(ckpt: Path, gguf: Path) -> dict:
 
 
 def do_generate(gguf: Path) -> dict:
-    import llama_cpp
+    from edge.model.llama_log import load_llama
 
     t0 = time.time()
-    llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=128, n_threads=2, verbose=False)
+    llm = load_llama(gguf, n_ctx=128, n_threads=2)
     load_s = time.time() - t0
     t0 = time.time()
     out = llm.create_completion("The capital of France is", max_tokens=8, temperature=0)

@@ -183,10 +183,9 @@ class LlamaCppTimer:
     """llama-cpp-python with the same prefill/step calls as our runners (logits of the last token)."""
 
     def __init__(self, path: Path):
-        import llama_cpp
+        from edge.model.llama_log import load_llama
 
-        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=MAX_SEQ, n_batch=MAX_SEQ, n_threads=THREADS,
-                                   n_threads_batch=THREADS, verbose=False)
+        self.llm = load_llama(path, n_ctx=MAX_SEQ, n_batch=MAX_SEQ, n_threads=THREADS, n_threads_batch=THREADS)
 
     def prefill(self, tokens: list[int]) -> np.ndarray:
         self.llm.reset()

@@ -251,7 +251,7 @@ def write_ggufs(models: dict, work: Path, tokenizer_gguf, check_tokens) -> list[
 def speed(args) -> None:
     """Decode tok/s of every GGUF quality wrote: one llama.cpp context each, 2 threads; in each
     repetition every file runs once (interleaved, so other load falls on all alike); median."""
-    import llama_cpp
+    from edge.model.llama_log import load_llama
 
     res = json.loads(Path(args.out).read_text())
     work = Path(args.work)
@@ -259,8 +259,8 @@ def speed(args) -> None:
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
         sys.exit(f"error: {missing[0]}: missing; run --mode quality first")
-    llms = {k: llama_cpp.Llama(model_path=str(p), n_threads=THREADS, n_threads_batch=THREADS, n_ctx=256,
-                               n_batch=256, n_ubatch=256, verbose=False) for k, p in files.items()}  # fmt: skip
+    llms = {k: load_llama(p, n_threads=THREADS, n_threads_batch=THREADS, n_ctx=256, n_batch=256, n_ubatch=256)
+            for k, p in files.items()}
     prompt = [(i * 7919) % 40000 + 100 for i in range(SPEED_PROMPT)]  # fixed ids, same for every model
     runs: dict = {k: [] for k in files}
     loads = []

@@ -81,10 +81,10 @@ def measure_all(files: dict[str, Path], reps: int, workloads: list[tuple[int, in
                 max_load: float = 99.0, deadline: float = 0.0) -> dict:
     """Median prefill and decode tok/s per (format, workload), the cases interleaved within each
     repetition so that other load on the machine falls on all of them alike; one warm-up round."""
-    import llama_cpp
+    from edge.model.llama_log import load_llama
 
-    llms = {fmt: llama_cpp.Llama(model_path=str(p), n_threads=THREADS, n_threads_batch=THREADS, n_ctx=1024,
-                                 n_batch=512, n_ubatch=512, verbose=False) for fmt, p in files.items()}
+    llms = {fmt: load_llama(p, n_threads=THREADS, n_threads_batch=THREADS, n_ctx=1024, n_batch=512, n_ubatch=512)
+            for fmt, p in files.items()}
     runs: dict = {(fmt, P, G): ([], []) for fmt in files for P, G in workloads}
     loads = []
     for rep in range(reps + 1):
