@@ -6,6 +6,7 @@ GemmaTokenizer)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import tokenizers
@@ -107,4 +108,13 @@ def gemma_spm(out: Path, work: Path, vocab_size: int = 960, style: str = "gemma"
                                       pad_token=pieces["pad"])
     tok.add_tokens([tokenizers.AddedToken(t, special=True, normalized=False) for t in turns], special_tokens=True)
     tok.save_pretrained(out)
+    if style == "phi3":  # Llama-2's normalizer, which Phi-3 keeps: a '▁' before the text, spaces as '▁'
+        tj = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+        tj["normalizer"] = {"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
+        tj["pre_tokenizer"] = None
+        tj["decoder"] = {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"},
+            {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+        (out / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False), encoding="utf-8")
     return out
