@@ -317,15 +317,23 @@ def targets_show(name: str, as_json: bool) -> None:
 @click.option("--repeats", default=5, show_default=True, help="Best of this many runs per measurement.")
 @click.option("--rounds", default=1, show_default=True, help="Repeat the probe 20 s apart, keep the best (busy hosts).")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw measurements instead.")
+@click.option("--results", type=click.Path(dir_okay=False), default=None,
+              help="Also write the raw measurements here (e.g. benchmarks/results/probe_NAME.json); the profile's "
+                   "probe source names this file, so a reader can check every figure.")
 @friendly
-def targets_probe(name: str, out: str | None, repeats: int, rounds: int, as_json: bool) -> None:
+def targets_probe(name: str, out: str | None, repeats: int, rounds: int, as_json: bool, results: str | None) -> None:
     """Measure this machine (bandwidth, fp32/int8 matmul, cores, caches) and write a profile."""
     from edge.probe import probe, profile_yaml
 
     m = probe(repeats=repeats, rounds=rounds)
     if as_json:
         return echo_json(m)
-    text = profile_yaml(m, name=name)
+    if results:
+        import json
+        from pathlib import Path
+
+        Path(results).write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
+    text = profile_yaml(m, name=name, results=results)
     if out:
         from pathlib import Path
 

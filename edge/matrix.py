@@ -148,8 +148,8 @@ def plan_only(job: dict, out: Path, options: dict) -> dict:
     sim = simulate(spec, recipe, tp, runtime=plan.runtime)
     out.mkdir(parents=True, exist_ok=True)
     fig = {"recipe": recipe, "runtime": plan.runtime, "format": plan.target_format, "writer": plan.writer,
-           "decode_tok_s": round(sim.decode_tok_s, 2), "peak_memory_mib": round(sim.peak_memory_bytes / 2**20),
-           "fits": sim.fits}
+           "simulated": {"decode_tok_s": round(sim.decode_tok_s, 2),
+                         "peak_memory_mib": round(sim.peak_memory_bytes / 2**20), "fits": sim.fits}}
     (out / "plan.json").write_text(json.dumps(fig | {"plan": asdict(plan)}, indent=2, sort_keys=True) + "\n")
     return fig
 
@@ -159,13 +159,14 @@ BUILDERS: dict[str, Callable[[dict, Path, dict], dict]] = {"package": build_pack
 
 
 def figures(manifest: dict, pkg: Path) -> dict:
-    """The few numbers a matrix row shows, from a package manifest."""
+    """The few numbers a matrix row shows, from a package manifest: measured on the host (bytes, and
+    accuracy against the reference model) apart from the simulator's prediction for the device."""
     art = manifest.get("artifacts", [{}])[0]
     acc, sim = art.get("accuracy", {}), manifest.get("simulated", {})
     return {"recipe": manifest.get("recipe"), "runtime": manifest.get("runtime"), "format": art.get("format"),
             "bytes": sum(f["size"] for f in manifest.get("files", {}).values()),
             "top1": acc.get("top1_agreement"), "kld": acc.get("kld_mean"),
-            "decode_tok_s": sim.get("decode_tok_s"), "fits": sim.get("fits")}
+            "simulated": {"decode_tok_s": sim.get("decode_tok_s"), "fits": sim.get("fits")}}
 
 
 def _memory_check(job: dict, max_seq: int) -> None:
@@ -265,13 +266,15 @@ class Summary:
                 "rows": self.rows}
 
     def table(self) -> str:
-        head = "| model | target | recipe | status | cached | seconds | size MB | top-1 | decode tok/s | error |"
+        head = ("| model | target | recipe | status | cached | seconds | size MB | top-1 | simulated decode tok/s "
+                "(device) | error |")
         lines = [head, "|" + "---|" * 10]
         for r in sorted(self.rows, key=lambda r: r["name"]):
             f = r.get("figures") or {}
             size = f"{f['bytes'] / 1e6:.1f}" if f.get("bytes") else ""
             top1 = f"{f['top1']:.4f}" if isinstance(f.get("top1"), float) else ""
-            dec = f"{f['decode_tok_s']:.1f}" if isinstance(f.get("decode_tok_s"), int | float) else ""
+            sim = (f.get("simulated") or {}).get("decode_tok_s")
+            dec = f"{sim:.1f}" if isinstance(sim, int | float) else ""
             lines.append(f"| {_safe(r['model'])} | {r['target']} | {f.get('recipe') or r['recipe'] or 'default'} | "
                          f"{r['status']} | {'yes' if r.get('cached') else 'no'} | {r['seconds']:.1f} | {size} | "
                          f"{top1} | {dec} | {(r.get('error') or '').replace('|', '/')} |")
