@@ -35,6 +35,10 @@ ARCHS = {
     "qwen3_moe": ("Qwen3MoeForCausalLM", "Qwen3MoeConfig", dict(
         head_dim=16, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
         tie_word_embeddings=False), "qwen2"),
+    # Qwen1.5/Qwen2-MoE: q/k/v bias, a sigmoid-gated shared expert, un-renormalised top-k
+    "qwen2_moe": ("Qwen2MoeForCausalLM", "Qwen2MoeConfig", dict(
+        moe_intermediate_size=32, shared_expert_intermediate_size=64, num_experts=4, num_experts_per_tok=2,
+        norm_topk_prob=False, tie_word_embeddings=True), "qwen2"),
     # llama.cpp's gemma3 scales q.k by 1/sqrt(head_dim): query_pre_attn_scalar = head_dim, as in Gemma 3 1B-12B
     "gemma3": ("Gemma3ForCausalLM", "Gemma3TextConfig", dict(
         vocab_size=1024, num_hidden_layers=3, head_dim=32, query_pre_attn_scalar=32, sliding_window=WINDOW,
