@@ -119,9 +119,9 @@ def test_runs_on_the_emulated_htp_and_agrees_with_onnxruntime_cpu(exported):
     """Both run the same quantized graph; they differ only by the HTP's fixed-point arithmetic inside
     ops: 0.1-0.6% of a tensor's range per quantized op (measured op by op on this model with every op
     at 16 bits; the 16-bit attention matmuls were the largest), compounding to 2.1% of the logits' range
-    after 2 layers then; with only the linears quantized (the default) 0.4%. Bound: 5% of the range, and
-    an order of magnitude below the quantization error itself (the CPU run's distance from the float
-    model)."""
+    after 2 layers then; with only the linears quantized (the default) 0.4-0.6%. Bounds: 20% above what
+    this test measures, against the range and against the quantization error itself (the CPU run's
+    distance from the float model)."""
     from edge.runtime.eager import TorchRunner
     from edge.runtime.onnxruntime import OnnxRunner
     from edge.runtime.qnn import QnnHtpRunner
@@ -138,11 +138,13 @@ def test_runs_on_the_emulated_htp_and_agrees_with_onnxruntime_cpu(exported):
     cpu = OnnxRunner(out, res.layout, cos, sin).logits(toks)
     ref = TorchRunner(m).logits(toks)
     diff = float(np.abs(h - cpu).max())
-    assert diff <= 0.05 * float(np.abs(cpu).max())
-    assert diff <= 0.1 * float(np.abs(cpu - ref).max())
-    assert (h.argmax(-1) == cpu.argmax(-1)).mean() >= 0.9
+    # measured on these 40 tokens: 0.56% of the logits' range, 2.0% of the quantization error, the same
+    # top-1 everywhere, the decode step 0.50 x the prefill's difference; bounds 20% above
+    assert diff <= 0.0067 * float(np.abs(cpu).max())
+    assert diff <= 0.024 * float(np.abs(cpu - ref).max())
+    assert (h.argmax(-1) == cpu.argmax(-1)).all()
     # decode continues from the prefilled cache on the HTP too
-    assert np.abs(htp.step(7, len(toks)) - OnnxRunner(out, res.layout, cos, sin).logits(toks + [7])[-1]).max() <= diff * 2
+    assert np.abs(htp.step(7, len(toks)) - OnnxRunner(out, res.layout, cos, sin).logits(toks + [7])[-1]).max() <= diff * 0.6
 
 
 def test_norm_keeps_a_first_token_outlier_on_the_emulated_htp(tmp_path):
