@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge import __version__
 from edge.errors import EdgeError
 
 LAYOUT = "v1"
@@ -67,8 +68,6 @@ def tool_versions() -> dict[str, str]:
     edge's own is the running code's ``edge.__version__``, not whatever distribution pip recorded.
     """
     from importlib.metadata import PackageNotFoundError, version
-
-    from edge import __version__
 
     out = {}
     for name in TOOLS:

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edge.cache import StageCache, model_hash, tool_versions
+from edge.cache import StageCache, code_hash, model_code, model_hash, tool_versions
 from edge.errors import ConfigError, EdgeError, require_one_of
 from edge.export import ToolWarnings
 from edge.model.llama import rotate_half_matrix
@@ -301,8 +301,6 @@ def exporter_key(model: nn.Module) -> dict:
     """What the lowered program depends on besides weights and config: the program format and the
     source of the code it is traced from (this exporter and the modules of ``model``'s layers, e.g.
     edge/model/llama.py, whose MLP, embedding and RoPE tables the exported graph runs)."""
-    from edge.cache import code_hash, model_code
-
     return {"pte_format": PTE_FORMAT_VERSION, "code": code_hash(__name__, *model_code(model))}
 
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from edge.errors import ConfigError, ModelLoadError
 from edge.model.gguf import EXPERT_TENSORS, GGUF_ARCHS, GLOBAL_TENSORS, VECTOR_TENSORS, GGUFArch
+from edge.model.tokenizer import gguf_vocab_from_hf
 
 _GLOBAL_OUT = {v: k for k, v in GLOBAL_TENSORS.items()}
 _EXPERT_OUT = {v: k for k, v in EXPERT_TENSORS.items()}
@@ -273,8 +274,6 @@ def tokenizer_fields(n_vocab: int, *, tokenizer_gguf: str | Path | None = None,
         fields = _source_fields(Path(tokenizer_gguf))
         src = str(tokenizer_gguf)
     else:
-        from edge.model.tokenizer import gguf_vocab_from_hf
-
         vocab = gguf_vocab_from_hf(tokenizer_dir)
         fields = [(k, v, *_kv_type(k, v)) for k, v in vocab.fields().items()]
         src = str(Path(tokenizer_dir) / "tokenizer.json")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import ModelLoadError
+from edge.model.llama_log import load_llama
 
 # The split patterns of the byte-level BPE tokenizers we convert, as their tokenizer.json files
 # spell them. GPT-2's is ByteLevel's built-in regex.
@@ -157,8 +158,6 @@ class Tokenizer:
             special = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (3, 4)}
             return cls(tk, "tokenizers", bos, eos, add_bos, template, special)
         # SentencePiece-style or an unknown pre-tokenizer: use llama.cpp's own tokenizer.
-        from edge.model.llama_log import load_llama
-
         llm = load_llama(path, "read the tokenizer", vocab_only=True)  # its reason from llama.cpp's log
         special = {t: i for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (3, 4)}
         return cls(llm, "llama.cpp", bos, eos, add_bos, template, special)
