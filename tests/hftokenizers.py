@@ -82,7 +82,9 @@ def byte_level_bpe(out: Path, style: str, vocab_size: int = 480) -> Path:
 def gemma_spm(out: Path, work: Path, vocab_size: int = 960, style: str = "gemma") -> Path:
     """A SentencePiece-style checkpoint tokenizer: a SentencePiece BPE model with byte fallback trained
     here, turned into tokenizer.json the way transformers converts Gemma's (vocab + merges by score).
-    ``style`` "phi3" names the specials as Phi-3's Llama-2 vocabulary does (<s>, </s>, <|end|>)."""
+    ``style`` "phi3" names the specials as Phi-3's Llama-2 vocabulary does (<s>, </s>, <|end|>) and adds
+    Llama-2's '▁' prefix with a Prepend normalizer; "metaspace" the same prefix with a Metaspace
+    pre-tokenizer, as transformers' non-legacy Llama conversion writes it."""
     import sentencepiece as spm
     from tokenizers.models import BPE
     from transformers.convert_slow_tokenizer import SentencePieceExtractor
@@ -108,11 +110,15 @@ def gemma_spm(out: Path, work: Path, vocab_size: int = 960, style: str = "gemma"
                                       pad_token=pieces["pad"])
     tok.add_tokens([tokenizers.AddedToken(t, special=True, normalized=False) for t in turns], special_tokens=True)
     tok.save_pretrained(out)
-    if style == "phi3":  # Llama-2's normalizer, which Phi-3 keeps: a '▁' before the text, spaces as '▁'
+    if style in ("phi3", "metaspace"):
         tj = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
-        tj["normalizer"] = {"type": "Sequence", "normalizers": [
-            {"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
-        tj["pre_tokenizer"] = None
+        if style == "phi3":  # Llama-2's normalizer, which Phi-3 keeps: a '▁' before the text, spaces as '▁'
+            tj["normalizer"] = {"type": "Sequence", "normalizers": [
+                {"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
+            tj["pre_tokenizer"] = None
+        else:  # the same as transformers' non-legacy Llama conversion writes it: a Metaspace pre-tokenizer
+            tj["normalizer"] = None
+            tj["pre_tokenizer"] = {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": False}
         tj["decoder"] = {"type": "Sequence", "decoders": [
             {"type": "Replace", "pattern": {"String": "▁"}, "content": " "}, {"type": "ByteFallback"},
             {"type": "Fuse"}, {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}

@@ -1,9 +1,14 @@
-"""Load a llama-architecture GGUF file (dense, or MoE with expert tensors) into the reference model.
+"""Load a GGUF file (dense, or MoE with expert tensors) of an architecture llama.cpp and we both run
+into the reference model, and the GGUF vocabulary of names the writers share.
+
+``GGUF_ARCHS`` maps our architectures to llama.cpp's names (llama, qwen2, qwen2moe, qwen3, qwen3moe,
+gemma3, phi3, smollm3) with what llama.cpp fixes for each in its code: the RoPE type, tensor names,
+Gemma's (1 + w) norms stored as such, Phi-3's fused gate/up, SmolLM3's NoPE interval.
 
 Quantized tensors are dequantized with ``gguf.quants.dequantize`` (bit-identical to llama.cpp's
-dequantization). llama.cpp's converter permutes the rows of ``attn_q``/``attn_k`` for its
-interleaved RoPE; we undo that so one RoPE convention (Hugging Face's rotate-half) serves every
-loader.
+dequantization). For the architectures llama.cpp ropes in adjacent pairs (llama, smollm3) its
+converter permutes the rows of ``attn_q``/``attn_k``; we undo that so one RoPE convention (Hugging
+Face's rotate-half) serves every loader.
 
     spec = read_gguf_spec("model.gguf")            # no torch, metadata only
     model, spec, tok = load_gguf("model.gguf")
@@ -348,7 +353,7 @@ def _tensor_f32(t) -> np.ndarray:
 
 
 def load_gguf(path: str | Path, dtype=None, progress: bool = False):
-    """Load a llama-architecture GGUF into ``Transformer``. Returns (model, spec, tokenizer)."""
+    """Load a GGUF of one of ``GGUF_ARCHS`` into ``Transformer``. Returns (model, spec, tokenizer)."""
     import torch
 
     from edge.model.llama import Transformer, rope_frequencies

@@ -5,7 +5,14 @@ GGUF files with a BPE vocabulary (``tokenizer.ggml.model == "gpt2"``) are rebuil
 other GGUF vocabularies (SentencePiece "llama") are served by llama.cpp's own tokenizer loaded
 vocab-only. Chat templates are rendered with jinja2, as transformers does.
 
+The other way, ``gguf_vocab_from_hf`` turns a checkpoint's ``tokenizer.json`` into GGUF tokenizer
+metadata for llama.cpp: a byte-level BPE keeps its merges and is named by its split regex
+(``BPE_PRE_TYPES``: the pre-tokenizer types llama.cpp implements), a byte-fallback BPE over '▁'
+(SentencePiece-style) becomes llama.cpp's "llama" vocabulary with scores that reproduce the merge
+order; anything else is refused in one line naming it.
+
     tok = Tokenizer.from_gguf("model.gguf")
+    vocab = gguf_vocab_from_hf("ckpt/Qwen3-0.6B"); vocab.fields()  # tokenizer.* key -> value
     ids = tok.encode("Hello"); tok.decode(ids)
     prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}])
 """
@@ -341,7 +348,8 @@ def gguf_vocab_from_hf(path: str | Path) -> GGUFVocab:
         meta = data.get("pre_tokenizer")
         if meta is not None and meta.get("type") == "Metaspace" and meta.get("replacement", "▁") == "▁":
             escapes = True
-            prefix = meta.get("prepend_scheme", "always") != "never" if meta.get("add_prefix_space", True) else False
+            prefix = (meta["prepend_scheme"] != "never" if "prepend_scheme" in meta
+                      else bool(meta.get("add_prefix_space", True)))
         elif pre not in ((), ("split(MergedWithPrevious, invert=False): ",)):  # a split on ' ' after '▁': none
             raise _unconvertible(tj, f"its pre-tokenizer {' + '.join(pre)} has no llama.cpp equivalent")
         if not escapes:

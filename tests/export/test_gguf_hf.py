@@ -143,7 +143,7 @@ def test_hf_checkpoint_gguf_matches_ours_in_llamacpp(checkpoint, tmp_path):
     assert np.abs(TorchRunner(back).logits(tokens) - ref).max() < 1e-6  # measured 0 for every case
 
 
-@pytest.mark.parametrize("style", ["qwen2", "llama3", "gemma", "phi3", "smollm2"])
+@pytest.mark.parametrize("style", ["qwen2", "llama3", "gemma", "phi3", "metaspace", "smollm2"])
 def test_tokenizer_json_converts_to_what_llamacpp_splits_alike(style, tmp_path):
     """Tokenizer-only GGUFs of each kind: llama.cpp's ids equal tokenizers' on MIXED, with and without
     the BOS the checkpoint's tokenizer adds; the chat template and the specials come along."""
@@ -152,7 +152,7 @@ def test_tokenizer_json_converts_to_what_llamacpp_splits_alike(style, tmp_path):
     from edge.export.gguf import tokenizer_fields
 
     d = tmp_path / style
-    if style in ("gemma", "phi3"):
+    if style in ("gemma", "phi3", "metaspace"):
         gemma_spm(d, tmp_path / "spm", style=style)
         want_model, want_pre = "llama", "default"
     elif style == "smollm2":  # the built-in model's tokenizer, as edge writes it into packages
@@ -173,7 +173,7 @@ def test_tokenizer_json_converts_to_what_llamacpp_splits_alike(style, tmp_path):
     fields, meta, padded = tokenizer_fields(n_vocab, tokenizer_dir=d)
     assert padded == 7 and len(meta["tokenizer.ggml.tokens"]) == n_vocab
     assert (meta["tokenizer.ggml.model"], meta["tokenizer.ggml.pre"]) == (want_model, want_pre)
-    assert meta.get("tokenizer.ggml.add_space_prefix") == {"gemma": False, "phi3": True}.get(style)
+    assert meta.get("tokenizer.ggml.add_space_prefix") == {"gemma": False, "phi3": True, "metaspace": True}.get(style)
     w = gguf.GGUFWriter(str(tmp_path / "vocab.gguf"), arch="llama")
     for key, val, vtype, sub in fields:
         w.add_key_value(key, val, vtype, sub_type=sub)
