@@ -122,6 +122,7 @@ def test_runs_on_the_emulated_htp_and_agrees_with_onnxruntime_cpu(exported):
     after 2 layers then; with only the linears quantized (the default) 0.4-0.6%. Bounds: 20% above what
     this test measures, against the range and against the quantization error itself (the CPU run's
     distance from the float model)."""
+    pytest.importorskip("onnxruntime_qnn")  # optional: wheels for Linux x86-64 and Windows only
     from edge.runtime.eager import TorchRunner
     from edge.runtime.onnxruntime import OnnxRunner
     from edge.runtime.qnn import QnnHtpRunner
@@ -152,7 +153,7 @@ def test_norm_keeps_a_first_token_outlier_on_the_emulated_htp(tmp_path):
     layer 11 on, whose square is past fp16's 65504 and whose reciprocal is below its smallest normal.
     Computed on x itself the norm's output for that token was 0 on the emulated HTP (top-1 0.008 on the
     built-in model); DivRMSNorm scales each token by its clipped max |x| first."""
-    pytest.importorskip("onnxruntime_qnn")
+    pytest.importorskip("onnxruntime_qnn")  # optional: wheels for Linux x86-64 and Windows only
     import onnxruntime as ort
     import onnxruntime_qnn
     import torch
@@ -199,6 +200,7 @@ def test_qnn_options_come_from_the_target_profile():
 def test_snapdragon_default_build_validates_on_cpu_and_emulated_htp(tmp_path):
     """`edge build --target snapdragon-8gen2` (no recipe: w4a16) gives the QDQ package; validate runs it on
     ORT CPU and on the emulated HTP, and compares the two."""
+    pytest.importorskip("onnxruntime_qnn")  # optional: wheels for Linux x86-64 and Windows only
     from edge.build import BuildConfig, build_package
     from edge.package import read_manifest
     from edge.runtime.eager import TorchRunner
