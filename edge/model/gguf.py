@@ -390,6 +390,12 @@ def load_gguf(path: str | Path, dtype=None, progress: bool = False):
                 ours = [(f"layers.{idx}.{layer_tensors[rest]}", None)]
             elif rest in EXPERT_TENSORS:
                 ours = [(f"layers.{idx}.mlp.experts.{e}.{EXPERT_TENSORS[rest]}", e) for e in range(spec.n_experts)]
+            elif rest in ("attn_qkv.weight", "attn_qkv.bias") and not ga.interleaved_rope:
+                # llama.cpp's converter fuses q, k, v for some architectures (Phi-3): rows [q; k; v]
+                leaf = rest.split(".")[-1]
+                q, kv = spec.q_dim, spec.kv_dim
+                ours = [(f"layers.{idx}.self_attn.{p}_proj.{leaf}", rows) for p, rows in
+                        (("q", slice(0, q)), ("k", slice(q, q + kv)), ("v", slice(q + kv, q + 2 * kv)))]
             else:
                 raise ModelLoadError(f"{path}: unexpected tensor '{name}' for a {ga.name} GGUF (not mapped)")
         else:

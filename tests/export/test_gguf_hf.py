@@ -329,3 +329,39 @@ def test_edge_stream_awq_on_other_layers_is_one_line(tmp_path):
     with pytest.raises(ConfigError, match="use method rtn"):
         stream_to_gguf(ckpt, tmp_path / "s.gguf", StreamConfig(method="awq"), progress=lambda s: None)
     assert not list(tmp_path.glob("s.gguf*"))
+
+
+def test_loader_reads_llamacpps_fused_qkv(tmp_path):
+    """llama.cpp's own converter writes Phi-3's q/k/v as one attn_qkv tensor: our loader splits it back."""
+    from edge.export.gguf import _source_fields, export_gguf
+    from edge.model.gguf import load_gguf, read_gguf
+    from edge.model.load import load_model
+    from edge.runtime.eager import TorchRunner
+
+    ckpt = tiny_checkpoint(tmp_path / "tiny-phi3", "phi3")
+    lm = load_model(ckpt)
+    ours = export_gguf(lm.model, None, tmp_path / "split.gguf", tokenizer_dir=ckpt)
+    src = read_gguf(ours)
+    w = gguf.GGUFWriter(str(tmp_path / "fused.gguf"), arch="phi3")
+    for key, val, vtype, sub in _source_fields(ours):  # the tokenizer, as written
+        w.add_key_value(key, val, vtype, sub_type=sub)
+    for key, val in src.metadata.items():
+        if key.startswith("phi3."):
+            w.add_key_value(key, val, gguf.GGUFValueType.FLOAT32 if isinstance(val, float) else gguf.GGUFValueType.UINT32)
+    by_name = {t.name: np.asarray(t.data) for t in src.tensors}
+    for name, arr in by_name.items():
+        if ".attn_k." in name or ".attn_v." in name:
+            continue
+        if ".attn_q." in name:
+            k, v = by_name[name.replace("attn_q", "attn_k")], by_name[name.replace("attn_q", "attn_v")]
+            w.add_tensor(name.replace("attn_q", "attn_qkv"), np.concatenate([arr, k, v]))
+        else:
+            w.add_tensor(name, arr)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert any(t.name.endswith("attn_qkv.weight") for t in read_gguf(tmp_path / "fused.gguf").tensors)
+    model, spec, _ = load_gguf(tmp_path / "fused.gguf")
+    tokens = lm.tokenizer.encode(MIXED)[:48]
+    assert np.array_equal(TorchRunner(model).logits(tokens), TorchRunner(lm.model).logits(tokens))
