@@ -186,6 +186,10 @@ def test_tokenizer_json_converts_to_what_llamacpp_splits_alike(style, tmp_path):
 
     ids = hf.encode(MIXED, add_special_tokens=False).ids
     assert llm.tokenize(MIXED.encode(), add_bos=False, special=True) == ids
+    # and back: edge's tokenizer rebuilt from the GGUF's fields (how edge loads a GGUF) splits alike too
+    from edge.model.tokenizer import Tokenizer
+
+    assert Tokenizer.from_gguf_fields(meta, tmp_path / "vocab.gguf").encode(MIXED, add_bos=False) == ids
     with_specials = hf.encode(MIXED).ids  # the post-processor's BOS, where the family adds one
     assert llm.tokenize(MIXED.encode(), add_bos=meta["tokenizer.ggml.add_bos_token"], special=True) == with_specials
     text = llm.detokenize(ids, special=True).decode("utf-8")
