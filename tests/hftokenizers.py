@@ -37,7 +37,8 @@ def _corpus() -> list[str]:
 
 def byte_level_bpe(out: Path, style: str, vocab_size: int = 480) -> Path:
     """A byte-level BPE checkpoint tokenizer: style "qwen2" (NFC, digits one by one, ChatML,
-    no BOS) or "llama3" (digits in threes, <|begin_of_text|> added by the post-processor)."""
+    no BOS), "llama3" (digits in threes, <|begin_of_text|> added by the post-processor) or "gpt4o"
+    (Phi-4-mini's o200k split: case-aware words, digits in threes)."""
     from tokenizers import (
         Regex,
         Tokenizer,
@@ -49,16 +50,18 @@ def byte_level_bpe(out: Path, style: str, vocab_size: int = 480) -> Path:
         trainers,
     )
 
-    from edge.model.tokenizer import LLAMA3_PATTERN, QWEN2_PATTERN
+    from edge.model.tokenizer import GPT4O_PATTERN, LLAMA3_PATTERN, QWEN2_PATTERN
 
     tk = Tokenizer(models.BPE())
-    pattern = {"qwen2": QWEN2_PATTERN, "llama3": LLAMA3_PATTERN}[style]
+    pattern = {"qwen2": QWEN2_PATTERN, "llama3": LLAMA3_PATTERN, "gpt4o": GPT4O_PATTERN}[style]
     tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tk.decoder = decoders.ByteLevel()
     if style == "qwen2":
         tk.normalizer = normalizers.NFC()
         specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    elif style == "gpt4o":  # Phi-4-mini's o200k split and its specials
+        specials = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>"]
     else:
         specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
@@ -72,6 +75,9 @@ def byte_level_bpe(out: Path, style: str, vocab_size: int = 480) -> Path:
                                           special_tokens=[("<|begin_of_text|>", bos)])])
         kw = dict(bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", chat_template=CHATML.replace(
             "<|im_start|>", "<|start_header_id|>").replace("<|im_end|>", "<|eot_id|>"))
+    elif style == "gpt4o":
+        kw = dict(eos_token="<|endoftext|>", chat_template=CHATML.replace("<|im_start|>", "<|user|>").replace(
+            "<|im_end|>", "<|end|>"))
     else:
         kw = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>", chat_template=CHATML)
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, **kw)

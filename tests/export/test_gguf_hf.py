@@ -143,7 +143,7 @@ def test_hf_checkpoint_gguf_matches_ours_in_llamacpp(checkpoint, tmp_path):
     assert np.abs(TorchRunner(back).logits(tokens) - ref).max() < 1e-6  # measured 0 for every case
 
 
-@pytest.mark.parametrize("style", ["qwen2", "llama3", "gemma", "phi3", "metaspace", "smollm2"])
+@pytest.mark.parametrize("style", ["qwen2", "llama3", "gpt4o", "gemma", "phi3", "metaspace", "smollm2"])
 def test_tokenizer_json_converts_to_what_llamacpp_splits_alike(style, tmp_path):
     """Tokenizer-only GGUFs of each kind: llama.cpp's ids equal tokenizers' on MIXED, with and without
     the BOS the checkpoint's tokenizer adds; the chat template and the specials come along."""
@@ -167,7 +167,7 @@ def test_tokenizer_json_converts_to_what_llamacpp_splits_alike(style, tmp_path):
         want_model, want_pre = "gpt2", "smollm"
     else:
         byte_level_bpe(d, style)
-        want_model, want_pre = "gpt2", {"qwen2": "qwen2", "llama3": "llama-bpe"}[style]
+        want_model, want_pre = "gpt2", {"qwen2": "qwen2", "llama3": "llama-bpe", "gpt4o": "gpt-4o"}[style]
     hf = HFTokenizer.from_file(str(d / "tokenizer.json"))
     n_vocab = hf.get_vocab_size(with_added_tokens=True) + 7  # padded, as a bigger embedding needs
     fields, meta, padded = tokenizer_fields(n_vocab, tokenizer_dir=d)
