@@ -161,13 +161,18 @@ class Shapes:
 
 def shaped_spec(spec: ModelSpec, s: Shapes, kept_layers: list[int] | None = None) -> ModelSpec:
     """``spec`` with the kept shapes (MoE layer indices renumbered when layers go)."""
-    moe_layers = spec.moe_layers
-    if kept_layers is not None and spec.is_moe:
-        moe_layers = tuple(i for i, j in enumerate(kept_layers) if j in spec.moe_layers)
+    moe_layers, sliding, nope = spec.moe_layers, spec.sliding_layers, spec.nope_layers
+    if kept_layers is not None:  # per-layer features follow their layers to the new indices
+        def renumber(layers):
+            return tuple(i for i, j in enumerate(kept_layers) if j in layers)
+
+        moe_layers = renumber(spec.moe_layers) if spec.is_moe else ()
+        sliding, nope = renumber(spec.sliding_layers), renumber(spec.nope_layers)
     return spec.with_(
         n_layers=s.n_layers, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, ffn_dim=s.ffn_dim,
         n_experts=s.n_experts, n_experts_per_tok=s.n_experts_per_tok, moe_layers=moe_layers,
-        head_dim=spec.head_dim,
+        head_dim=spec.head_dim, sliding_layers=sliding, nope_layers=nope,
+        sliding_window=spec.sliding_window if sliding else 0,
     )  # fmt: skip
 
 
@@ -606,17 +611,17 @@ def dense_stream(dense, calib: np.ndarray, batch: int = 8) -> list:
     t = torch.as_tensor(np.asarray(calib), dtype=torch.long)
     n, T = t.shape
     chunks = [slice(b, min(b + batch, n)) for b in range(0, n, batch)]
-    cos, sin = dense.rope(torch.arange(T), dense.embed_tokens.weight.dtype)
-    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    per_layer = dense.no_cache_inputs(T, dense.embed_tokens.weight.dtype)  # (cos, sin, mask) per layer
     out = []
     with torch.no_grad():
-        x = dense.embed_tokens(t)
-        for layer in dense.layers:
+        x = dense.embed(t)
+        for layer, (cos, sin, mask) in zip(dense.layers, per_layer):
             h = torch.cat(
-                [x[c] + layer.self_attn(layer.input_layernorm(x[c]), cos, sin, mask, None) for c in chunks]
+                [layer.attn_residual(x[c], layer.self_attn(layer.input_layernorm(x[c]), cos, sin, mask, None))
+                 for c in chunks]
             )
             out.append((x, h))
-            x = torch.cat([h[c] + layer.mlp(layer.post_attention_layernorm(h[c])) for c in chunks])
+            x = torch.cat([layer.mlp_residual(h[c]) for c in chunks])
     out.append((x, x))
     return out
 
@@ -643,55 +648,66 @@ def recover(
     """
     import torch
 
+    post = dense.spec.post_norms
+    if target == "stream" and post:
+        raise ConfigError(f"{dense.spec.name or dense.spec.arch}: recovery target 'stream' fits o_proj and "
+                          "down_proj to residual updates, which post-norms (Gemma 3) pass through an RMSNorm "
+                          "first; use target 'layer'")
     if target == "stream" and stream is None:
         stream = dense_stream(dense, calib, batch)
     t = torch.as_tensor(np.asarray(calib), dtype=torch.long)
     n, T = t.shape
     chunks = [slice(b, min(b + batch, n)) for b in range(0, n, batch)]
-    cos, sin = pruned.rope(torch.arange(T), pruned.embed_tokens.weight.dtype)
-    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    dtype = pruned.embed_tokens.weight.dtype
+    p_inputs, d_inputs = pruned.no_cache_inputs(T, dtype), dense.no_cache_inputs(T, dtype)  # (cos, sin, mask)
     with torch.no_grad():
-        x_p = pruned.embed_tokens(t)  # (n, T, dim): the pruned model's residual stream
+        x_p = pruned.embed(t)  # (n, T, dim): the pruned model's residual stream
         for i, j in enumerate(sel.layers):
             P, D = pruned.layers[i], dense.layers[j]
+            p_in, d_in = (*p_inputs[i], None), (*d_inputs[j], None)
             removed_after = range(
                 j + 1, sel.layers[i + 1] if i + 1 < len(sel.layers) else dense.spec.n_layers
             )
-            # attention half: o_proj's inputs z (B, T, q_dim)
+            # attention half: o_proj's inputs z (B, T, q_dim); with post-norms the target is the
+            # attention output before its norm (o_proj's own output)
             if target == "stream" or j in sel.heads:
                 with inputs_of(P.self_attn.o_proj) as z:
                     for c in chunks:
-                        P.self_attn(P.input_layernorm(x_p[c]), cos, sin, mask, None)
+                        P.self_attn(P.input_layernorm(x_p[c]), *p_in)
                 if target == "stream":
                     tgt = [stream[j][1][c] - x_p[c] for c in chunks]
                 else:
-                    tgt = [D.self_attn(D.input_layernorm(x_p[c]), cos, sin, mask, None) for c in chunks]
+                    tgt = [D.self_attn(D.input_layernorm(x_p[c]), *d_in) for c in chunks]
                 refit(P.self_attn.o_proj, z, tgt)
-                h_p = x_p + torch.cat([P.self_attn.o_proj(zc) for zc in z])
+                h_p = torch.cat([P.attn_residual(x_p[c], P.self_attn.o_proj(zc)) for c, zc in zip(chunks, z)])
             else:  # heads untouched: the layer-target refit would return the same weights
                 h_p = torch.cat(
-                    [x_p[c] + P.self_attn(P.input_layernorm(x_p[c]), cos, sin, mask, None) for c in chunks]
+                    [P.attn_residual(x_p[c], P.self_attn(P.input_layernorm(x_p[c]), *p_in)) for c in chunks]
                 )
-            # MLP half: down_proj's inputs (B, T, ffn)
-            mlp_changed = j in sel.channels or len(removed_after) > 0
+            # MLP half: down_proj's inputs (B, T, ffn). Removed layers' updates fold into this MLP
+            # only without post-norms (with them the MLP's output passes a norm before the residual)
+            mlp_changed = j in sel.channels or (len(removed_after) > 0 and not post)
             if not hasattr(P.mlp, "down_proj") or (target == "layer" and not mlp_changed):
-                x_p = torch.cat([h_p[c] + P.mlp(P.post_attention_layernorm(h_p[c])) for c in chunks])
+                x_p = torch.cat([P.mlp_residual(h_p[c]) for c in chunks])
                 continue
             with inputs_of(P.mlp.down_proj) as u:
                 for c in chunks:
-                    P.mlp(P.post_attention_layernorm(h_p[c]))
+                    P.mlp(P.mlp_norm(h_p[c]))
             if target == "stream":
                 x_next = stream[sel.layers[i + 1] if i + 1 < len(sel.layers) else len(stream) - 1][0]
                 tgt = [x_next[c] - h_p[c] for c in chunks]
+            elif post:
+                tgt = [D.mlp(D.mlp_norm(h_p[c])) for c in chunks]  # before post_feedforward_layernorm
             else:
                 tgt = []
                 for c in chunks:
-                    y = h_p[c] + D.mlp(D.post_attention_layernorm(h_p[c]))
+                    y = D.mlp_residual(h_p[c])
                     for r in removed_after:  # fold the removed layers' update into this MLP
-                        y = dense.layers[r](y, cos, sin, mask, None)
+                        y = dense.layers[r](y, *d_inputs[r], None)
                     tgt.append(y - h_p[c])
             refit(P.mlp.down_proj, u, tgt)
-            x_p = h_p + torch.cat([P.mlp.down_proj(uc) for uc in u])
+            x_p = h_p + torch.cat([P.post_feedforward_layernorm(P.mlp.down_proj(uc)) if post
+                                   else P.mlp.down_proj(uc) for uc in u])
 
 
 @contextmanager

@@ -46,3 +46,36 @@ def tiny_loaded(**over):
 
     m = tiny_model(**over)
     return LoadedModel(m, m.spec, byte_tokenizer(), ModelSource("hf", Path("tiny"), "tiny"))
+
+
+def tiny_arch_spec(name: str):
+    """The tiny model's shapes with one newer architecture's features switched on (the features are
+    checked against transformers in tests/model/test_archs.py; exporters are checked against this)."""
+    from edge.model.spec import ModelSpec, RopeScaling
+
+    base = dict(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=64,
+                tie_embeddings=True, name=f"tiny-{name}")
+    feats = {
+        "qwen3": dict(arch="qwen3", qk_norm=True, head_dim=32, norm_eps=1e-6),
+        "gemma3": dict(arch="gemma3", n_layers=3, head_dim=32, qk_norm=True, norm_offset=1.0, post_norms=True,
+                       mlp_act="gelu_tanh", embed_scale=64**0.5, attn_scale=24**-0.5, sliding_window=5,
+                       sliding_layers=(0, 2), rope_theta=1e6, rope_local_theta=1e4,
+                       rope_scaling=RopeScaling(factor=8.0, rope_type="linear"), final_logit_softcap=30.0),
+        "phi3": dict(arch="phi3", rope_dim=8, tie_embeddings=False),
+        "smollm3": dict(arch="smollm3", n_layers=4, nope_layers=(1, 3)),
+        "mistral-sliding": dict(arch="mistral", sliding_window=5),
+    }
+    return ModelSpec(**{**base, **feats[name]})
+
+
+def tiny_arch(name: str, seed: int = 0):
+    """A random Transformer of ``tiny_arch_spec(name)``; every weight, norms included, perturbed."""
+    from edge.model.llama import Transformer
+
+    spec = tiny_arch_spec(name)
+    torch.manual_seed(seed)
+    m = Transformer(spec).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0.0 if p.dim() > 1 or spec.norm_offset else 1.0, 0.1)
+    return m.requires_grad_(False)

@@ -28,6 +28,7 @@ Constant methods (``get_max_seq_len``, ``get_vocab_size``, ``use_kv_cache``, ``g
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ from torch import nn
 from edge.cache import StageCache, code_hash, model_code, model_hash, tool_versions
 from edge.errors import ConfigError, EdgeError, require_one_of
 from edge.export import ToolWarnings
-from edge.model.llama import rotate_half_matrix
+from edge.model.llama import rope_rotation
 from edge.runtime.executorch import load_custom_ops
 
 # recipe name -> (activation, weight bits): what each .pte weight format means. torchao's
@@ -97,28 +98,37 @@ class PteExport:
 
 # ---- export-friendly module swaps (applied to a copy) ----------------------------------------
 class MatmulRMSNorm(nn.Module):
-    """RMSNorm with the mean of squares as ``(x*x) @ (1/dim)``: a matmul XNNPACK runs."""
+    """RMSNorm with the mean of squares as ``(x*x) @ (1/dim)``: a matmul XNNPACK runs. Gemma's
+    ``(offset + w)`` is folded into the weight."""
 
-    def __init__(self, weight: torch.Tensor, eps: float):
+    def __init__(self, norm: nn.Module):
         super().__init__()
-        dim = weight.shape[0]
-        self.eps = eps
-        self.weight = nn.Parameter(weight.detach().float().clone(), requires_grad=False)
+        dim = norm.weight.shape[0]
+        self.eps = norm.eps
+        self.weight = nn.Parameter(norm.weight.detach().float().clone() + norm.offset, requires_grad=False)
         self.register_buffer("inv_dim", torch.full((dim, 1), 1.0 / dim), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ms = (x * x) @ self.inv_dim  # (B, T, 1)
+        ms = (x * x) @ self.inv_dim  # (..., 1)
         return x * torch.rsqrt(ms + self.eps) * self.weight
 
 
 class CustomOpAttention(nn.Module):
-    """The reference Attention with ExecuTorch's cache and SDPA kernels; cache (1, S, n_kv, hd)."""
+    """The reference Attention with ExecuTorch's cache and SDPA kernels; cache (1, S, n_kv, hd).
 
-    def __init__(self, attn: nn.Module, max_seq: int):
+    ``rope_slot``: which head_dim-wide block of the RoPE tables the layer rotates with (None: NoPE);
+    a sliding layer passes ``custom_sdpa`` an additive (T, S) mask hiding keys outside its window."""
+
+    def __init__(self, attn: nn.Module, max_seq: int, rope_slot: int | None, window: int, rope_dim: int):
         super().__init__()
         self.n_heads, self.n_kv, self.hd = attn.n_heads, attn.n_kv, attn.hd
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
-        self.register_buffer("rot", rotate_half_matrix(self.hd), persistent=False)
+        self.qk_norm = attn.qk_norm
+        if attn.qk_norm:
+            self.q_norm, self.k_norm = MatmulRMSNorm(attn.q_norm), MatmulRMSNorm(attn.k_norm)
+        self.scale = attn.scale  # None: the kernel's 1/sqrt(hd)
+        self.rope_slot, self.window, self.max_seq = rope_slot, window, max_seq
+        self.register_buffer("rot", rope_rotation(self.hd, rope_dim), persistent=False)
         shape = (1, max_seq, self.n_kv, self.hd)
         self.register_buffer("k_cache", torch.zeros(shape), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape), persistent=False)
@@ -128,12 +138,39 @@ class CustomOpAttention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.hd)  # (B, T, nh, hd)
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd)  # (B, T, nkv, hd)
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd)
-        q = q * cos + (q @ self.rot) * sin  # cos, sin: (1, T, 1, hd)
-        k = k * cos + (k @ self.rot) * sin
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rope_slot is not None:
+            lo = self.rope_slot * self.hd
+            c, s = cos[..., lo : lo + self.hd], sin[..., lo : lo + self.hd]  # (1, T, 1, hd)
+            q = q * c + (q @ self.rot) * s
+            k = k * c + (k @ self.rot) * s
         torch.ops.llama.update_cache(k, self.k_cache, start)
         torch.ops.llama.update_cache(v, self.v_cache, start)
-        y = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, start, None, 0, True)  # (B, T, nh, hd)
-        return self.o_proj(y.reshape(B, T, self.n_heads * self.hd))
+        if self.window:
+            pos = torch.arange(T) + start  # (T,)
+            keys = torch.arange(self.max_seq)  # (S,)
+            seen = (keys[None, :] <= pos[:, None]) & (keys[None, :] > pos[:, None] - self.window)
+            mask = torch.where(seen, 0.0, float("-inf"))  # (T, S)
+            y = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, start, mask, 0, False, self.scale)
+        else:
+            y = torch.ops.llama.custom_sdpa(q, self.k_cache, self.v_cache, start, None, 0, True, self.scale)
+        return self.o_proj(y.reshape(B, T, self.n_heads * self.hd))  # y (B, T, nh, hd)
+
+
+class SigmoidGeluMLP(nn.Module):
+    """GeGLU with the tanh-approximate GELU written as ``x * sigmoid(2z)`` (= x * (1 + tanh z) / 2,
+    z = sqrt(2/pi) (x + 0.044715 x^3)): XNNPACK's own GELU is a further approximation, 6e-4 off the
+    reference's logits on the tiny Gemma 3 model, while its sigmoid matches to 2e-6."""
+
+    def __init__(self, mlp: nn.Module):
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj = mlp.gate_proj, mlp.up_proj, mlp.down_proj
+
+    def forward(self, x):
+        g = self.gate_proj(x)
+        z = (2.0 * math.sqrt(2.0 / math.pi)) * (g + 0.044715 * g * g * g)
+        return self.down_proj(g * torch.sigmoid(z) * self.up_proj(x))
 
 
 class PteDecoder(nn.Module):
@@ -147,15 +184,24 @@ class PteDecoder(nn.Module):
                               "this one has a mixture-of-experts MLP")
         self.max_seq = max_seq
         self.embed_tokens = model.embed_tokens
+        self.embed_scale = spec.embed_scale if spec.embed_scale != 1.0 else None
+        self.softcap = spec.final_logit_softcap
         self.layers = model.layers
+        kinds = model.rope_kinds
         for layer in self.layers:
-            layer.input_layernorm = MatmulRMSNorm(layer.input_layernorm.weight, layer.input_layernorm.eps)
-            layer.post_attention_layernorm = MatmulRMSNorm(layer.post_attention_layernorm.weight,
-                                                           layer.post_attention_layernorm.eps)
-            layer.self_attn = CustomOpAttention(layer.self_attn, max_seq)
-        self.norm = MatmulRMSNorm(model.norm.weight, model.norm.eps)
+            for name in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                         "post_feedforward_layernorm"):
+                if hasattr(layer, name):
+                    setattr(layer, name, MatmulRMSNorm(getattr(layer, name)))
+            if spec.mlp_act == "gelu_tanh":
+                layer.mlp = SigmoidGeluMLP(layer.mlp)
+            slot = kinds.index(layer.rope_kind) if layer.rope_kind != "none" else None
+            layer.self_attn = CustomOpAttention(layer.self_attn, max_seq, slot,
+                                                spec.sliding_window if layer.sliding else 0, spec.rope_dim)
+        self.norm = MatmulRMSNorm(model.norm)
         self.lm_head = model.lm_head
-        cos, sin = model.rope(torch.arange(max_seq), torch.float32)  # (S, hd)
+        # (S, K*hd): LongRoPE picks its factors by the cache length, as the reference with a cache does
+        cos, sin = model.rope_table(torch.arange(max_seq), torch.float32, long=model.long_rope(max_seq))
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
 
@@ -164,13 +210,18 @@ class PteDecoder(nn.Module):
         start = start_pos[0].item()
         torch._check(start >= 0)
         torch._check(start + T <= self.max_seq)
-        cos = self.cos.narrow(0, start, T)[None, :, None, :]  # (1, T, 1, hd)
+        cos = self.cos.narrow(0, start, T)[None, :, None, :]  # (1, T, 1, K*hd)
         sin = self.sin.narrow(0, start, T)[None, :, None, :]
         x = self.embed_tokens(tokens)
+        if self.embed_scale is not None:
+            x = x * self.embed_scale
         for layer in self.layers:
-            h = x + layer.self_attn(layer.input_layernorm(x), cos, sin, start)
-            x = h + layer.mlp(layer.post_attention_layernorm(h))
-        return self.lm_head(self.norm(x))
+            a = layer.self_attn(layer.input_layernorm(x), cos, sin, start)
+            x = layer.mlp_residual(layer.attn_residual(x, a))
+        logits = self.lm_head(self.norm(x))
+        if self.softcap:
+            logits = self.softcap * torch.tanh(logits / self.softcap)
+        return logits
 
 
 def export_copy(model: nn.Module, max_seq: int) -> PteDecoder:

@@ -5,8 +5,12 @@ cache as explicit inputs and outputs, the consumers' format constraints, and the
 Every part runs a contiguous range of layers. Inputs and outputs, per part::
 
     input_ids (1, T) int64            first part only     | hidden (1, T, dim)  other parts
-    attn_mask (1, 1, T, S+T) float    additive: 0 where a query may look, -10000 elsewhere
-    cos, sin  (1, 1, T, head_dim)     RoPE tables at the T positions
+    attn_mask (1, M, T, S+T) float    additive: 0 where a query may look, -10000 elsewhere; M = 2 for
+                                      a model with sliding-window layers (mask 1 also hides the
+                                      positions older than the window), else 1
+    cos, sin  (1, 1, T, K*head_dim)   RoPE tables at the T positions, K = 1, or 2 when sliding
+                                      layers have their own base (Gemma 3: global then local);
+                                      columns RoPE leaves alone (partial rotary) hold cos 1, sin 0
     past_key_<i>, past_value_<i> (1, n_kv, S, head_dim)   the cache, S = max_seq slots
     -> logits (1, T, vocab) last part | hidden (1, T, dim) other parts
     -> key_<i>, value_<i> (1, n_kv, T, head_dim)          the T new entries: the caller writes
@@ -35,7 +39,7 @@ from torch import nn
 
 from edge.errors import ConfigError, EdgeError, require_one_of
 from edge.export import ToolWarnings
-from edge.model.llama import rotate_half_matrix
+from edge.model.llama import rope_rotation
 from edge.quant.w8a8 import W8A8Config
 
 MASK_MIN = -10000.0  # finite: NPU toolchains (QNN HTP) mis-handle -inf in quantized masks
@@ -105,7 +109,9 @@ class MatmulRMSNorm(nn.Module):
         super().__init__()
         dim = norm.weight.shape[0]
         self.eps = norm.eps
-        self.weight = norm.weight
+        # Gemma's (offset + w): the offset folded into a constant weight (the reference's own one is shared)
+        self.weight = norm.weight if not norm.offset else nn.Parameter(
+            (norm.weight.detach().float() + norm.offset).to(norm.weight.dtype), requires_grad=False)
         self.register_buffer("inv_dim", torch.full((dim, 1), 1.0 / dim, dtype=norm.weight.dtype), persistent=False)
 
     def forward(self, x):
@@ -113,22 +119,37 @@ class MatmulRMSNorm(nn.Module):
 
 
 class IOAttention(nn.Module):
-    """Attention over (past cache ++ new keys); returns the output and the new K, V entries."""
+    """Attention over (past cache ++ new keys); returns the output and the new K, V entries.
 
-    def __init__(self, attn: nn.Module):
+    ``rope_slot``: which head_dim-wide block of the cos/sin inputs this layer rotates with (None:
+    a NoPE layer); ``mask_slot``: which of the mask inputs it takes (1: sliding window)."""
+
+    def __init__(self, attn: nn.Module, rope_slot: int | None = 0, mask_slot: int = 0, rope_dim: int = 0):
         super().__init__()
         self.n_heads, self.n_kv, self.hd = attn.n_heads, attn.n_kv, attn.hd
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj
-        self.register_buffer("rot", rotate_half_matrix(self.hd).to(attn.q_proj.weight.dtype), persistent=False)
-        self.scale = 1.0 / math.sqrt(self.hd)
+        self.qk_norm = attn.qk_norm
+        if attn.qk_norm:  # over head_dim, on (B, T, heads, hd)
+            self.q_norm, self.k_norm = MatmulRMSNorm(attn.q_norm), MatmulRMSNorm(attn.k_norm)
+        rot = rope_rotation(self.hd, rope_dim or self.hd)
+        self.register_buffer("rot", rot.to(attn.q_proj.weight.dtype), persistent=False)
+        self.scale = attn.scale or 1.0 / math.sqrt(self.hd)
+        self.rope_slot, self.mask_slot = rope_slot, mask_slot
 
     def forward(self, x, mask, cos, sin, past_k, past_v):
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)  # (B, nkv, T, hd)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.hd)  # (B, T, nh, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd)  # (B, T, nkv, hd)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, nh, T, hd), (B, nkv, T, hd)
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd).transpose(1, 2)
-        q = q * cos + (q @ self.rot) * sin
-        k = k * cos + (k @ self.rot) * sin
+        if self.rope_slot is not None:
+            lo = self.rope_slot * self.hd
+            c, s_ = cos[..., lo : lo + self.hd], sin[..., lo : lo + self.hd]  # (1, 1, T, hd)
+            q = q * c + (q @ self.rot) * s_
+            k = k * c + (k @ self.rot) * s_
+        mask = mask[:, self.mask_slot : self.mask_slot + 1]  # (1, 1, T, S+T)
         keys = torch.cat([past_k, k], 2)  # (B, nkv, S+T, hd)
         vals = torch.cat([past_v, v], 2)
         rep = self.n_heads // self.n_kv
@@ -152,18 +173,25 @@ class OnnxPart(nn.Module):
         self.layers = nn.ModuleList(model.layers[lo:hi])
         self.norm = MatmulRMSNorm(model.norm) if self.last else None
         self.lm_head = model.lm_head if self.last else None
+        spec = model.spec
+        self.embed_scale = (model.embed_scale.to(model.embed_tokens.weight.dtype)
+                            if self.first and spec.embed_scale != 1.0 else None)
+        self.softcap = spec.final_logit_softcap
 
     def forward(self, x, mask, cos, sin, *past):
         if self.first:
             x = self.embed_tokens(x)
+            if self.embed_scale is not None:
+                x = x * self.embed_scale
         new = []
         for i, layer in enumerate(self.layers):
-            h, k, v = layer.self_attn(layer.input_layernorm(x), mask, cos, sin, past[2 * i], past[2 * i + 1])
-            x = h + x
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+            a, k, v = layer.self_attn(layer.input_layernorm(x), mask, cos, sin, past[2 * i], past[2 * i + 1])
+            x = layer.mlp_residual(layer.attn_residual(x, a))
             new += [k, v]
         if self.last:
             x = self.lm_head(self.norm(x))
+            if self.softcap:
+                x = self.softcap * torch.tanh(x / self.softcap)
         return (x, *new)
 
 
@@ -181,11 +209,24 @@ def prepare(model: nn.Module, dtype: torch.dtype) -> nn.Module:
         m = m.float()
     for p in m.parameters():
         p.requires_grad_(False)
+    kinds = m.rope_kinds
     for layer in m.layers:
-        layer.input_layernorm = MatmulRMSNorm(layer.input_layernorm)
-        layer.post_attention_layernorm = MatmulRMSNorm(layer.post_attention_layernorm)
-        layer.self_attn = IOAttention(layer.self_attn)
+        for name in NORMS:
+            if hasattr(layer, name):
+                setattr(layer, name, MatmulRMSNorm(getattr(layer, name)))
+        slot = kinds.index(layer.rope_kind) if layer.rope_kind != "none" else None
+        layer.self_attn = IOAttention(layer.self_attn, slot, int(layer.sliding), spec.rope_dim)
     return m
+
+
+# the residual-stream norms a layer may have (the last two with Gemma's post-norms)
+NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
+
+
+def input_widths(spec) -> tuple[int, int]:
+    """(M, K): mask channels (2 with sliding layers) and RoPE tables (2 with a local base)."""
+    kinds = {spec.rope_kind(i) for i in range(spec.n_layers)} - {"none"}
+    return (2 if spec.sliding_window else 1), max(len(kinds), 1)
 
 
 def part_bytes(model: nn.Module, lo: int, hi: int, bytes_per: int) -> int:
@@ -228,12 +269,14 @@ def onnx_layout(model: nn.Module, cfg: OnnxConfig, files: list[str], parts: list
     return {"dtype": cfg.dtype, "opset": cfg.constraints.opset, "fixed_seq": fixed,
             "max_seq": cfg.max_seq, "n_layers": spec.n_layers, "n_kv_heads": spec.n_kv_heads,
             "head_dim": spec.head_dim, "dim": spec.dim, "vocab_size": spec.vocab_size,
-            "rope_cos_sin": "inputs cos/sin (1,1,T,hd) from edge.export.onnx.rope_tables",
+            "rope_cos_sin": "inputs cos/sin (1,1,T,K*hd) from edge.export.onnx.rope_tables",
+            "sliding_window": spec.sliding_window,  # > 0: attn_mask has a second, windowed channel
             "mask_min": MASK_MIN, "parts": [{"file": f, "layers": [lo, hi]} for f, (lo, hi) in zip(files, parts)]}
 
 
 def rope_tables(model: nn.Module, max_seq: int) -> tuple[np.ndarray, np.ndarray]:
-    cos, sin = model.rope(torch.arange(max_seq), torch.float32)
+    """cos, sin (max_seq, K*head_dim): the rows the runner feeds (LongRoPE picks its factors by max_seq)."""
+    cos, sin = model.rope_table(torch.arange(max_seq), torch.float32, long=model.long_rope(max_seq))
     return cos.numpy(), sin.numpy()
 
 
@@ -252,8 +295,9 @@ def export_part(part: OnnxPart, path: Path, cfg: OnnxConfig, spec, dtype: torch.
     T = min(fmt.fixed_seq, cfg.max_seq) if fmt.fixed_seq else 2
     S = cfg.max_seq
     first = (torch.zeros(1, T, dtype=torch.long) if part.first else torch.zeros(1, T, spec.dim, dtype=dtype))
-    args = [first, torch.zeros(1, 1, T, S + T, dtype=dtype), torch.ones(1, 1, T, spec.head_dim, dtype=dtype),
-            torch.zeros(1, 1, T, spec.head_dim, dtype=dtype)]
+    M, K = input_widths(spec)
+    args = [first, torch.zeros(1, M, T, S + T, dtype=dtype), torch.ones(1, 1, T, K * spec.head_dim, dtype=dtype),
+            torch.zeros(1, 1, T, K * spec.head_dim, dtype=dtype)]
     names = ["input_ids" if part.first else "hidden", "attn_mask", "cos", "sin"]
     outs = ["logits" if part.last else "hidden_out"]
     for i in range(len(part.layers)):

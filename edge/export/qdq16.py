@@ -144,6 +144,8 @@ class DivRMSNorm(nn.Module):
     def __init__(self, norm: nn.Module):
         super().__init__()
         self.eps, self.weight = norm.eps, norm.weight
+        if getattr(norm, "offset", 0.0):  # Gemma's (1 + w), folded (onnx_graph.MatmulRMSNorm does the same)
+            self.weight = nn.Parameter(norm.weight.detach() + norm.offset, requires_grad=False)
 
     def forward(self, x):
         m = x.abs().amax(-1, keepdim=True).clamp(NORM_FLOOR, NORM_CEIL)
@@ -154,8 +156,9 @@ class DivRMSNorm(nn.Module):
 
 def _div_norms(m: nn.Module) -> None:
     for layer in m.layers:
-        layer.input_layernorm = DivRMSNorm(layer.input_layernorm)
-        layer.post_attention_layernorm = DivRMSNorm(layer.post_attention_layernorm)
+        for name in ox.NORMS:
+            if hasattr(layer, name):
+                setattr(layer, name, DivRMSNorm(getattr(layer, name)))
 
 
 def _weight_names(model: nn.Module, q) -> dict[str, str]:

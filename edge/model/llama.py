@@ -94,14 +94,21 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((xr * cos + rotate_half(xr) * sin, xp), dim=-1)
 
 
-def rotate_half_matrix(hd: int) -> torch.Tensor:
-    """R (hd, hd) with ``x @ R == rotate_half(x)``: RoPE as a matmul, for backends that take a matmul
-    better than slicing and concatenating (the exporters write ``x*cos + (x@R)*sin``)."""
-    h = hd // 2
-    r = torch.zeros(hd, hd)
+def rope_rotation(head_dim: int, rope_dim: int) -> torch.Tensor:
+    """R (head_dim, head_dim) with ``x @ R == cat(rotate_half(x[..., :rope_dim]), 0)``: exporters
+    write RoPE as ``x*C + (x@R)*S`` (one matmul, no slicing) with the full-width tables of
+    ``Transformer.rope_table``, whose pass-through columns hold C = 1, S = 0 (partial rotary)."""
+    h = rope_dim // 2
+    r = torch.zeros(head_dim, head_dim)
     r[torch.arange(h) + h, torch.arange(h)] = -1.0
     r[torch.arange(h), torch.arange(h) + h] = 1.0
     return r
+
+
+def rotate_half_matrix(hd: int) -> torch.Tensor:
+    """R (hd, hd) with ``x @ R == rotate_half(x)``: RoPE as a matmul, for backends that take a matmul
+    better than slicing and concatenating (the exporters write ``x*cos + (x@R)*sin``)."""
+    return rope_rotation(hd, hd)
 
 
 class KVCache(nn.Module):
@@ -137,6 +144,10 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, input_pos):
         """x (B, T, dim); cos, sin (T, rope_dim) or None (no RoPE); mask (T, S) bool."""
+        return self.o_proj(self.core(x, cos, sin, mask, input_pos))
+
+    def core(self, x, cos, sin, mask, input_pos):
+        """Attention up to o_proj's input: (B, T, dim) -> (B, T, n_heads * hd)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.hd)  # (B, T, nh, hd)
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd)  # (B, T, nkv, hd)
@@ -153,7 +164,7 @@ class Attention(nn.Module):
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)  # (B, nh, T, hd)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+        return y.transpose(1, 2).reshape(B, T, self.n_heads * self.hd)
 
 
 ACTIVATIONS = {
@@ -172,8 +183,12 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(ffn, dim, bias=False)
         self.act = act
 
+    def hidden(self, x):
+        """down_proj's input (..., ffn)."""
+        return ACTIVATIONS[self.act](self.gate_proj(x)) * self.up_proj(x)
+
     def forward(self, x):
-        return self.down_proj(ACTIVATIONS[self.act](self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.hidden(x))
 
 
 class MoE(nn.Module):
@@ -237,10 +252,18 @@ class DecoderLayer(nn.Module):
     def attn_residual(self, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         return x + (self.post_attention_layernorm(attn_out) if self.post_norms else attn_out)
 
+    @property
+    def mlp_norm(self) -> RMSNorm:
+        """The norm whose output the MLP reads (a quantizer folds input scales into it)."""
+        return self.pre_feedforward_layernorm if self.post_norms else self.post_attention_layernorm
+
+    def mlp_out(self, b: torch.Tensor) -> torch.Tensor:
+        """What the MLP adds to the residual stream, from its normed input b."""
+        y = self.mlp(b)
+        return self.post_feedforward_layernorm(y) if self.post_norms else y
+
     def mlp_residual(self, h: torch.Tensor) -> torch.Tensor:
-        if self.post_norms:
-            return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
-        return h + self.mlp(self.post_attention_layernorm(h))
+        return h + self.mlp_out(self.mlp_norm(h))
 
     def forward(self, x, cos, sin, mask, input_pos):
         a = self.self_attn(self.input_layernorm(x), cos, sin, mask, input_pos)
@@ -301,6 +324,25 @@ class Transformer(nn.Module):
             cos, sin = cos * rs.attention_factor, sin * rs.attention_factor
         return cos.to(dtype), sin.to(dtype)
 
+    @property
+    def rope_kinds(self) -> tuple[str, ...]:
+        """The RoPE tables the layers use, in the order ``rope_table`` lays them out ("none" has none)."""
+        used = {layer.rope_kind for layer in self.layers}
+        return tuple(k for k in ("global", "local") if k in used)
+
+    def rope_table(self, positions: torch.Tensor, dtype: torch.dtype, long: bool = False):
+        """cos, sin (T, len(rope_kinds) * head_dim) for exporters: each kind's table padded to
+        head_dim (cos 1, sin 0 on the dims RoPE leaves alone), the kinds side by side."""
+        hd, cs, ss = self.spec.head_dim, [], []
+        for kind in self.rope_kinds:
+            cos, sin = self.rope(positions, torch.float32, kind, long)
+            pad = hd - cos.shape[-1]
+            cs.append(F.pad(cos, (0, pad), value=1.0))
+            ss.append(F.pad(sin, (0, pad), value=0.0))
+        if not cs:  # no layer rotates: one neutral table keeps the exporters' inputs uniform
+            cs, ss = [torch.ones(len(positions), hd)], [torch.zeros(len(positions), hd)]
+        return torch.cat(cs, -1).to(dtype), torch.cat(ss, -1).to(dtype)
+
     def attention_mask(self, q_pos: torch.Tensor, k_pos: torch.Tensor, sliding: bool) -> torch.Tensor:
         """(T, S) bool: query at q_pos[i] sees key at k_pos[j] <= q_pos[i], and within the window if sliding."""
         m = k_pos[None, :] <= q_pos[:, None]
@@ -315,6 +357,11 @@ class Transformer(nn.Module):
         ropes = {k: self.rope(positions, dtype, k, long) for k in {layer.rope_kind for layer in self.layers}}
         masks = {s: self.attention_mask(positions, key_positions, s) for s in {layer.sliding for layer in self.layers}}
         return [(*ropes[layer.rope_kind], masks[layer.sliding]) for layer in self.layers]
+
+    def no_cache_inputs(self, T: int, dtype: torch.dtype) -> list[tuple]:
+        """(cos, sin, mask) per layer for a cache-free pass over positions 0..T-1 (calibration)."""
+        positions = torch.arange(T)
+        return self.layer_inputs(positions, positions, T, dtype)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(tokens)

@@ -30,6 +30,19 @@ HF_ARCH_NAMES: dict[str, tuple[str, str]] = {
     "qwen2": ("Qwen2ForCausalLM", "qwen2"),
     "mixtral": ("MixtralForCausalLM", "mixtral"),
     "qwen2_moe": ("Qwen2MoeForCausalLM", "qwen2_moe"),
+    "qwen3": ("Qwen3ForCausalLM", "qwen3"),
+    "qwen3_moe": ("Qwen3MoeForCausalLM", "qwen3_moe"),
+    "gemma3": ("Gemma3ForCausalLM", "gemma3_text"),
+    "phi3": ("Phi3ForCausalLM", "phi3"),
+    "smollm3": ("SmolLM3ForCausalLM", "smollm3"),
+}
+# our gate activation -> config.json's spelling
+HF_ACT_NAMES = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh"}
+# Phi-3 stores these projections fused (rows in this order); save_model fuses them back
+FUSE_ON_SAVE: dict[str, dict[str, tuple[str, ...]]] = {
+    "phi3": {"self_attn.qkv_proj.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                                           "self_attn.v_proj.weight"),
+             "mlp.gate_up_proj.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight")},
 }
 
 # our name -> checkpoint name, per arch: re.sub rules applied in order (inverse of hf.HF_TENSOR_RENAMES).
@@ -62,33 +75,87 @@ def hf_config(spec: ModelSpec, bos_id: int | None = None, eos_id: int | None = N
         "num_attention_heads": spec.n_heads,
         "num_key_value_heads": spec.n_kv_heads,
         "head_dim": spec.head_dim,
-        "hidden_act": "silu",
+        "hidden_act": HF_ACT_NAMES[spec.mlp_act],
         "rms_norm_eps": spec.norm_eps,
         "rope_theta": spec.rope_theta,
         "max_position_embeddings": spec.max_seq_len,
         "tie_word_embeddings": spec.tie_embeddings,
         "torch_dtype": "float32",
+        # null, not the config class's default (Phi-3: 32000, SmolLM3: 128004), which may lie past a
+        # small vocabulary; inference never reads it
+        "pad_token_id": None,
         "_name_or_path": spec.name,
     }
     if bos_id is not None:
         cfg["bos_token_id"] = bos_id
     if eos_id is not None:
         cfg["eos_token_id"] = eos_id
-    if spec.rope_scaling is not None:
-        rs = spec.rope_scaling
+    rs = spec.rope_scaling
+    if rs is not None and rs.rope_type == "llama3":
         cfg["rope_scaling"] = {
             "rope_type": "llama3", "rope_theta": spec.rope_theta, "factor": rs.factor,
             "low_freq_factor": rs.low_freq_factor, "high_freq_factor": rs.high_freq_factor,
             "original_max_position_embeddings": rs.original_max_position_embeddings,
         }  # fmt: skip
+    elif rs is not None and rs.rope_type == "linear":
+        cfg["rope_scaling"] = {"rope_type": "linear", "factor": rs.factor}
+    elif rs is not None:  # longrope (Phi-3 keeps original_max_position_embeddings at the top level)
+        cfg["rope_scaling"] = {"rope_type": "longrope", "short_factor": list(rs.short_factor),
+                               "long_factor": list(rs.long_factor), "attention_factor": rs.attention_factor,
+                               "rope_theta": spec.rope_theta, "partial_rotary_factor": spec.rope_dim / spec.head_dim}
+        cfg["original_max_position_embeddings"] = rs.original_max_position_embeddings
+    if spec.arch == "phi3" and spec.head_dim * spec.n_heads != spec.dim:
+        raise ConfigError(
+            f"cannot save a phi3 checkpoint with head_dim {spec.head_dim} and {spec.n_heads} heads: transformers' "
+            f"Phi-3 derives head_dim as hidden_size / num_attention_heads ({spec.dim // spec.n_heads}); prune "
+            "Phi-3 by MLP channels or layers (kind 'mlp' or 'depth'), not heads")
+    if spec.rope_dim != spec.head_dim:
+        if spec.arch != "phi3":
+            raise ConfigError(f"cannot save a partial rotary dimension ({spec.rope_dim} of {spec.head_dim}) "
+                              f"for arch {spec.arch!r}; supported: phi3")
+        cfg["partial_rotary_factor"] = spec.rope_dim / spec.head_dim
+    window = spec.sliding_window or None
+    layer_types = ["sliding_attention" if spec.is_sliding_layer(i) else "full_attention" for i in range(spec.n_layers)]
+    every_layer = window is not None and len(spec.sliding_layers) == spec.n_layers
+    if spec.arch in ("mistral", "phi3", "mixtral", "qwen2_moe", "qwen3_moe", "llama") and window and not every_layer:
+        raise ConfigError(f"cannot save a sliding window on some layers only for arch {spec.arch!r}; "
+                          "its config slides every layer or none")
     if spec.arch == "llama":
+        if window:
+            raise ConfigError("cannot save a sliding window for arch 'llama'; supported: mistral, phi3, qwen3, gemma3")
         cfg.update(attention_bias=False, mlp_bias=False)
-    if spec.arch == "mistral":
-        cfg["sliding_window"] = None
+    if spec.arch in ("mistral", "phi3"):
+        cfg["sliding_window"] = window
+    if spec.arch in ("qwen3", "qwen3_moe", "smollm3"):
+        cfg.update(attention_bias=False, use_sliding_window=window is not None, sliding_window=window,
+                   max_window_layers=spec.n_layers, layer_types=layer_types)
+    if spec.arch == "smollm3":
+        cfg.update(mlp_bias=False, no_rope_layers=[int(i not in spec.nope_layers) for i in range(spec.n_layers)])
+        if window and tuple(spec.sliding_layers) != tuple(spec.nope_layers):
+            raise ConfigError("smollm3 checkpoints slide exactly the NoPE layers; this spec slides others")
+    elif spec.nope_layers:
+        raise ConfigError(f"cannot save NoPE layers for arch {spec.arch!r}; supported: smollm3")
+    if spec.arch == "gemma3":
+        if abs(spec.embed_scale - spec.dim**0.5) > 1e-6 * spec.embed_scale:
+            raise ConfigError(f"gemma3 checkpoints scale embeddings by sqrt(hidden_size); spec has {spec.embed_scale}")
+        del cfg["hidden_act"]
+        scalar = spec.attn_scale**-2  # transformers' config takes an int (256 in the releases)
+        scalar = round(scalar) if abs(scalar - round(scalar)) < 1e-6 * scalar else scalar
+        cfg.update(hidden_activation=HF_ACT_NAMES[spec.mlp_act], query_pre_attn_scalar=scalar,
+                   sliding_window=window or spec.max_seq_len, layer_types=layer_types,
+                   rope_local_base_freq=spec.rope_local_theta or spec.rope_theta,
+                   final_logit_softcapping=spec.final_logit_softcap or None, attn_logit_softcapping=None,
+                   attention_bias=False)
     if spec.arch == "mixtral":
         cfg.update(
             intermediate_size=spec.moe_ffn_dim, num_local_experts=spec.n_experts,
-            num_experts_per_tok=spec.n_experts_per_tok, sliding_window=None,
+            num_experts_per_tok=spec.n_experts_per_tok, sliding_window=window,
+        )  # fmt: skip
+    if spec.arch == "qwen3_moe":
+        cfg.update(
+            num_experts=spec.n_experts, num_experts_per_tok=spec.n_experts_per_tok,
+            moe_intermediate_size=spec.moe_ffn_dim, norm_topk_prob=spec.norm_topk_prob, decoder_sparse_step=1,
+            mlp_only_layers=[i for i in range(spec.n_layers) if i not in spec.moe_layers],
         )  # fmt: skip
     if spec.arch == "qwen2_moe":
         cfg.update(
@@ -96,13 +163,28 @@ def hf_config(spec: ModelSpec, bos_id: int | None = None, eos_id: int | None = N
             moe_intermediate_size=spec.moe_ffn_dim, norm_topk_prob=spec.norm_topk_prob,
             shared_expert_intermediate_size=spec.shared_expert_ffn_dim, decoder_sparse_step=1,
             mlp_only_layers=[i for i in range(spec.n_layers) if i not in spec.moe_layers],
-            qkv_bias=spec.qkv_bias, use_sliding_window=False,
+            qkv_bias=spec.qkv_bias, use_sliding_window=window is not None, sliding_window=window,
         )  # fmt: skip
         if spec.shared_expert_ffn_dim and not spec.shared_expert_gate:
             raise ConfigError(
                 "qwen2_moe checkpoints always gate their shared expert; spec has shared_expert_gate=False"
             )
     return cfg
+
+
+def fused_state(spec: ModelSpec, state: dict) -> dict:
+    """``state`` with the projections the arch stores fused (Phi-3) concatenated row-wise."""
+    import torch
+
+    fuse = FUSE_ON_SAVE.get(spec.arch)
+    if not fuse:
+        return state
+    out = dict(state)
+    for i in range(spec.n_layers):
+        for fused, parts in fuse.items():
+            names = [f"layers.{i}.{p}" for p in parts]
+            out[f"layers.{i}.{fused}"] = torch.cat([out.pop(n) for n in names], 0)
+    return out
 
 
 def checkpoint_name(arch: str, name: str) -> str:
@@ -150,7 +232,7 @@ def save_model(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         state = {}
-        for name, t in model.state_dict().items():
+        for name, t in fused_state(spec, model.state_dict()).items():
             if spec.tie_embeddings and name == "lm_head.weight":
                 continue  # tied: the head is the embedding
             state[checkpoint_name(spec.arch, name)] = t.detach().contiguous().clone()

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from edge.errors import ConfigError
@@ -233,13 +232,12 @@ def quantize(model: nn.Module, recipe: QuantRecipe | str | Path, calib=None, *, 
     tokens = _check_calib(calib, spec.vocab_size)
     n, T = tokens.shape
     out.info["calib_tokens"] = stage.tokens = int(n * T)
-    x = model.embed_tokens(tokens).float()  # (n, T, dim)
-    positions = torch.arange(T)
-    cos, sin = model.rope(positions, x.dtype)
-    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    x = model.embed(tokens).float()  # (n, T, dim)
+    per_layer = model.no_cache_inputs(T, x.dtype)  # (cos, sin, mask): RoPE table and window per layer
     awq_log = []
     x_fp = x.clone() if "gptq" in recipe.method and recipe.gptq.asym else None
     for i, layer in enumerate(model.layers):
+        cos, sin, mask = per_layer[i]
         _check_finite(x, f"the activations entering layer {i}")
         if recipe.smoothquant > 0 or "awq" in recipe.method:
             awq_log.append(_rescale_layer(layer, x, cos, sin, mask, recipe, plan, i, chunk))
@@ -270,20 +268,7 @@ def _quantize_embedding(model, stage: _Stage, h_out) -> None:
 
 def _attn_core(attn, a, cos, sin, mask) -> torch.Tensor:
     """Attention without o_proj: a (B, T, dim) -> (B, T, n_heads*hd)."""
-    B, T, _ = a.shape
-    q = attn.q_proj(a).view(B, T, attn.n_heads, attn.hd).transpose(1, 2)
-    k = attn.k_proj(a).view(B, T, attn.n_kv, attn.hd).transpose(1, 2)
-    v = attn.v_proj(a).view(B, T, attn.n_kv, attn.hd).transpose(1, 2)
-    from edge.model.llama import rotate_half
-
-    q = q * cos + rotate_half(q) * sin
-    k = k * cos + rotate_half(k) * sin
-    rep = attn.n_heads // attn.n_kv
-    if rep > 1:
-        k = k.repeat_interleave(rep, dim=1)
-        v = v.repeat_interleave(rep, dim=1)
-    y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return y.transpose(1, 2).reshape(B, T, attn.n_heads * attn.hd)
+    return attn.core(a, cos, sin, mask, None)
 
 
 class _Stats:
@@ -324,15 +309,15 @@ def _rescale_layer(layer, x, cos, sin, mask, recipe, plan, i, chunk) -> dict:
         xc = x[sl]
         a = layer.input_layernorm(xc)
         sa.add(a)
-        h = xc + attn.o_proj(_attn_core(attn, a, cos, sin, mask))
-        b = layer.post_attention_layernorm(h)
+        h = layer.attn_residual(xc, attn.o_proj(_attn_core(attn, a, cos, sin, mask)))
+        b = layer.mlp_norm(h)
         sb.add(b)
         if dense:
-            sm.add(F.silu(mlp.gate_proj(b)) * mlp.up_proj(b))
+            sm.add(mlp.hidden(b))
     groups = [("qkv", layer.input_layernorm, [attn.q_proj, attn.k_proj, attn.v_proj], sa,
                ["attn_q", "attn_k", "attn_v"])]
     if dense:
-        groups += [("gate_up", layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj], sb,
+        groups += [("gate_up", layer.mlp_norm, [mlp.gate_proj, mlp.up_proj], sb,
                     ["ffn_gate", "ffn_up"]),
                    ("down", mlp.up_proj, [mlp.down_proj], sm, ["ffn_down"])]
     log = {"layer": i}
@@ -359,10 +344,10 @@ def _float_pass(layer, x_fp, cos, sin, mask, chunk) -> dict:
         xc = x_fp[sl]
         a = layer.input_layernorm(xc)
         y = _attn_core(attn, a, cos, sin, mask)
-        h = xc + attn.o_proj(y)
-        b = layer.post_attention_layernorm(h)
-        m = F.silu(mlp.gate_proj(b)) * mlp.up_proj(b) if dense else None
-        for k, v in zip(("a", "y", "b", "m", "out"), (a, y, b, m, h + (mlp.down_proj(m) if dense else mlp(b)))):
+        h = layer.attn_residual(xc, attn.o_proj(y))
+        b = layer.mlp_norm(h)
+        m = mlp.hidden(b) if dense else None
+        for k, v in zip(("a", "y", "b", "m", "out"), (a, y, b, m, h + layer.mlp_out(b))):
             if v is not None:
                 fp[k].append(v)
     return {k: torch.cat(v) for k, v in fp.items() if v}
@@ -402,10 +387,10 @@ def _quantize_layer(layer, i, x, cos, sin, mask, stage: _Stage, recipe, out, chu
     stage.linear(f"{p}self_attn.o_proj.weight", attn.o_proj, y_st.h, y_st.cross)
     if act != "none":
         _attach_act_quant(attn.o_proj, f"{p}self_attn.o_proj", act, float(y_st.absmax.max()), out)
-    h = x + torch.cat([attn.o_proj(y[sl]) for sl in _chunks(n, chunk)])
+    h = torch.cat([layer.attn_residual(x[sl], attn.o_proj(y[sl])) for sl in _chunks(n, chunk)])
     del y
     # mlp
-    b = torch.cat([layer.post_attention_layernorm(h[sl]) for sl in _chunks(n, chunk)])
+    b = torch.cat([layer.mlp_norm(h[sl]) for sl in _chunks(n, chunk)])
     _check_finite(b, f"the MLP input of layer {i}")
     if _is_dense(layer):
         b_st = hess(b, "b")
@@ -415,13 +400,13 @@ def _quantize_layer(layer, i, x, cos, sin, mask, stage: _Stage, recipe, out, chu
                 _attach_act_quant(m, f"{p}mlp.{cls}", act, float(b_st.absmax.max()), out)
         m_st = _Stats(want_h)
         for sl in _chunks(n, chunk):
-            m_st.add(F.silu(mlp.gate_proj(b[sl])) * mlp.up_proj(b[sl]), fpv("m", sl))
+            m_st.add(mlp.hidden(b[sl]), fpv("m", sl))
         stage.linear(f"{p}mlp.down_proj.weight", mlp.down_proj, m_st.h, m_st.cross)
         if act != "none":
             _attach_act_quant(mlp.down_proj, f"{p}mlp.down_proj", act, float(m_st.absmax.max()), out)
     else:
         _quantize_moe(layer, i, b, stage, chunk, want_h)
-    out_x = h + torch.cat([mlp(b[sl]) for sl in _chunks(n, chunk)])
+    out_x = h + torch.cat([layer.mlp_out(b[sl]) for sl in _chunks(n, chunk)])
     return out_x
 
 
@@ -442,5 +427,5 @@ def _quantize_moe(layer, i, b, stage: _Stage, chunk, want_h) -> None:
         stage.linear(f"{p}{prefix}up_proj.weight", ex.up_proj, st.h)
         st2 = _Stats(want_h)
         for sl in _chunks(n, chunk):
-            st2.add((F.silu(ex.gate_proj(b[sl])) * ex.up_proj(b[sl])) * g[sl].sqrt())
+            st2.add(ex.hidden(b[sl]) * g[sl].sqrt())
         stage.linear(f"{p}{prefix}down_proj.weight", ex.down_proj, st2.h)

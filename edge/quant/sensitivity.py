@@ -82,18 +82,17 @@ def sensitivity(model, tokens, formats=("q4_0", "q5_0", "q8_0"), units: str = "l
         get_format(f)
     # inputs of every layer, from the float model, so quantizing layer i reruns only layers >= i
     T = tokens.shape[1]
-    cos, sin = model.rope(torch.arange(T), torch.float32)
-    mask = torch.ones(T, T, dtype=torch.bool).tril()
-    hs = [model.embed_tokens(tokens).float()]
-    for layer in model.layers:
-        hs.append(layer(hs[-1], cos, sin, mask, None))
-    ref = model.lm_head(model.norm(hs[-1][:, ::kl_stride])).float()
+    per_layer = model.no_cache_inputs(T, torch.float32)  # (cos, sin, mask) of each layer
+    hs = [model.embed(tokens).float()]
+    for layer, inputs in zip(model.layers, per_layer):
+        hs.append(layer(hs[-1], *inputs, None))
+    ref = model.head(hs[-1][:, ::kl_stride]).float()
 
     def run_from(start: int) -> torch.Tensor:
-        x = model.embed_tokens(tokens).float() if start == 0 else hs[start]
-        for layer in model.layers[start:]:
-            x = layer(x, cos, sin, mask, None)
-        return model.lm_head(model.norm(x[:, ::kl_stride]))
+        x = model.embed(tokens).float() if start == 0 else hs[start]
+        for layer, inputs in zip(model.layers[start:], per_layer[start:]):
+            x = layer(x, *inputs, None)
+        return model.head(x[:, ::kl_stride])
 
     kl: dict[str, dict[str, float]] = {}
     params: dict[str, int] = {}

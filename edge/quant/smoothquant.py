@@ -35,7 +35,8 @@ def fold_input_scale(prev: nn.Module, linears: list[nn.Linear], s: torch.Tensor)
         prev.weight.div_(s[:, None])
         if prev.bias is not None:
             prev.bias.div_(s)
-    else:
-        prev.weight.div_(s)
+    else:  # an RMSNorm scaling by (offset + weight): Gemma's offset 1 stays outside the division
+        off = getattr(prev, "offset", 0.0)
+        prev.weight.copy_((prev.weight + off) / s - off)
     for m in linears:
         m.weight.mul_(s[None, :].to(m.weight.dtype))

@@ -272,16 +272,16 @@ def rotate_model(model: nn.Module, seed: int = 0) -> None:
     hh = orthogonal(spec.head_dim, seed + 1)
 
     def fold(norm, linears):
-        g = norm.weight.detach().float()
+        g = norm.weight.detach().float() + norm.offset  # Gemma's norms scale by (1 + weight)
         for lin in linears:
             lin.weight.mul_(g[None, :])
-        norm.weight.fill_(1.0)
+        norm.weight.fill_(1.0 - norm.offset)
 
     model.embed_tokens.weight.copy_(model.embed_tokens.weight.float() @ q)
     for layer in model.layers:
         lins = group_linears(layer)
         fold(layer.input_layernorm, lins["qkv"])
-        fold(layer.post_attention_layernorm, lins["gate_up"])
+        fold(layer.mlp_norm, lins["gate_up"])
         for lin in lins["qkv"] + lins["gate_up"]:
             lin.weight.copy_(lin.weight @ q)
         for lin in lins["o"] + lins["down"]:
@@ -335,7 +335,7 @@ def smooth_groups(model: nn.Module, tokens: np.ndarray, alpha: float, groups: tu
     for name in names:
         i, g = int(name.split(".")[1]), name.split(".")[2]
         layer = model.layers[i]
-        prev = {"qkv": layer.input_layernorm, "gate_up": layer.post_attention_layernorm, "down": layer.mlp.up_proj}[g]
+        prev = {"qkv": layer.input_layernorm, "gate_up": layer.mlp_norm, "down": layer.mlp.up_proj}[g]
         fold_input_scale(prev, lin[name], smooth_scales(absmax[name], lin[name], alpha))
 
 
@@ -360,10 +360,8 @@ def gptq_weights_int8(model: nn.Module, tokens: np.ndarray, chunk: int = 4) -> N
     from edge.quant.primitives import FORMATS
 
     calib = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
-    x = model.embed_tokens(calib).float()
-    T = x.shape[1]
-    cos, sin = model.rope(torch.arange(T), x.dtype)
-    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    x = model.embed(calib).float()
+    per_layer = model.no_cache_inputs(x.shape[1], x.dtype)  # (cos, sin, mask) of each layer
     fmt, gcfg = FORMATS["int8"], GPTQConfig(scale_search=False)
     for i, layer in enumerate(model.layers):
         lins = group_linears(layer)
@@ -376,7 +374,7 @@ def gptq_weights_int8(model: nn.Module, tokens: np.ndarray, chunk: int = 4) -> N
 
         hooks = [lins[g][0].register_forward_pre_hook(acc(g)) for g in lins]
         for k in range(0, x.shape[0], chunk):
-            layer(x[k : k + chunk], cos, sin, mask, None)
+            layer(x[k : k + chunk], *per_layer[i], None)
         for h in hooks:
             h.remove()
         for g, group in lins.items():
@@ -384,7 +382,7 @@ def gptq_weights_int8(model: nn.Module, tokens: np.ndarray, chunk: int = 4) -> N
                 qt, _ = gptq_quantize(lin.weight.float(), hs[g], fmt, gcfg, name=f"layers.{i} {g}")
                 lin.weight.copy_(torch.from_numpy(qt.dequantize()).to(lin.weight.dtype))
                 lin.int8_scale = torch.from_numpy(qt.scales[:, 0].astype(np.float32))
-        x = torch.cat([layer(x[k : k + chunk], cos, sin, mask, None) for k in range(0, x.shape[0], chunk)])
+        x = torch.cat([layer(x[k : k + chunk], *per_layer[i], None) for k in range(0, x.shape[0], chunk)])
 
 
 # ---- calibration of the activation scales ----------------------------------------------------
@@ -502,6 +500,10 @@ def prepare_w8a8(model: nn.Module, calib_tokens: np.ndarray, cfg: W8A8Config = W
     bad = [g for g, _ in cfg.keep if g not in names]
     if bad:
         raise ConfigError(f"w8a8 keep names unknown groups {bad}; groups are layers.<i>.{{{','.join(GROUPS)}}}")
+    if cfg.rotate and model.spec.post_norms:
+        raise ConfigError(f"{model.spec.name or 'model'}: w8a8 rotation of the residual stream is not implemented "
+                          "for post-norms (Gemma 3 norms each block's output, which a rotation does not pass "
+                          "through); use W8A8Config(rotate=False)")
     m = copy.deepcopy(model).float().eval()
     m.drop_cache()
     for p in m.parameters():

@@ -75,7 +75,13 @@ class OnnxRunner:
         mask[:, :start] = 0
         mask[:, self.S:][np.tril(np.ones((T, T), bool))] = 0
         pos = np.minimum(np.arange(start, start + T), self.S - 1)  # padding rows: any valid position
-        feeds = {"attn_mask": mask[None, None], "cos": self.cos[pos][None, None], "sin": self.sin[pos][None, None]}
+        masks = [mask]
+        window = int(self.layout.get("sliding_window") or 0)
+        if window:  # sliding layers' channel: also hide keys at or before position - window
+            keys = np.concatenate([np.arange(self.S), np.arange(start, start + T)])  # slot -> its position
+            old = keys[None, :] <= np.arange(start, start + T)[:, None] - window
+            masks.append(np.where(old, np.asarray(self.layout["mask_min"], self.float), mask))
+        feeds = {"attn_mask": np.stack(masks)[None], "cos": self.cos[pos][None, None], "sin": self.sin[pos][None, None]}
         x = ids
         for pi, (sess, (lo, hi)) in enumerate(self.sessions):
             f = dict(feeds)

@@ -248,3 +248,24 @@ def test_fused_tensor_shape_mismatch_names_tensor_and_shapes(tmp_path_factory):
         load_hf_checkpoint(dst)
     msg = str(e.value)
     assert key in msg and "[100, 64]" in msg and "[128, 64]" in msg and "\n" not in msg
+
+
+# ---- the published configs in examples/models ----------------------------------------------------
+# parameter counts on the model cards (Phi-4-mini's exact count from its safetensors index)
+PUBLISHED = {"qwen3-0.6b": 0.6e9, "qwen3-8b": 8.2e9, "qwen3-30b-a3b": 30.5e9, "gemma-3-1b": 1.0e9,
+             "phi-4-mini-instruct": 3_836_021_760, "smollm3-3b": 3.08e9}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_configs_simulate(name):
+    from pathlib import Path
+
+    cfg = Path(__file__).resolve().parents[2] / "examples" / "models" / name / "config.json"
+    spec = ModelSpec.from_config_file(cfg)
+    assert abs(spec.param_count() / PUBLISHED[name] - 1) < 0.01
+    r = CliRunner().invoke(main, ["simulate", "--model", str(cfg), "--target", "horizon-j5", "--json"])
+    d, end = json.JSONDecoder().raw_decode(r.output)
+    assert d["decode_tok_s"] > 0
+    # a model that does not fit the J5 is a verdict (exit 1, one line after the JSON), not an error
+    assert r.exit_code == (0 if d["fits"] else 1), r.output
+    assert ("failed fits" in r.output[end:]) == (not d["fits"])
