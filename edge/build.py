@@ -18,7 +18,7 @@ from edge.calib import CalibConfig, dataset_hash, load_text, token_batches
 from edge.errors import BudgetFailed, ConfigError
 from edge.eval import compare
 from edge.export.check import check
-from edge.export.gguf import export_gguf, tokenizer_source
+from edge.export.gguf import export_gguf, gguf_preflight, tokenizer_source
 from edge.model.load import load_model
 from edge.package import PackageWriter
 from edge.prune import prune_loaded, read_build_recipe
@@ -96,6 +96,8 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
     if plan.writer == "gguf" and kv_cache == "int8" and lm.spec.head_dim % 32:
         raise ConfigError(f"kv_cache int8: llama.cpp stores it as q8_0 blocks of 32 values per head, and this "
                           f"model's head_dim is {lm.spec.head_dim}; use kv_cache f16")
+    if plan.writer == "gguf":  # what llama.cpp cannot compute or tokenize, refused before quantizing
+        gguf_preflight(lm.spec, lm.source)
     progress(f"build: {lm.spec.name or lm.source.name} -> {tp.name}, recipe {recipe}, runtime {plan.runtime} "
              f"({plan.target_format}: {plan.writer} {plan.option})")
     calib_cfg = CalibConfig(n_samples=cfg.calib_samples, seq_len=cfg.calib_seq, seed=0)

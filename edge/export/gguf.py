@@ -251,6 +251,17 @@ def _kv_type(key: str, val):
     return V.STRING, None
 
 
+def gguf_preflight(spec, source) -> None:
+    """Raise, in one line, what would stop ``export_gguf`` for this model: an architecture feature llama.cpp
+    computes differently, or a tokenizer.json it cannot take. Cheap: no weights are touched."""
+    arch_keys(spec)
+    src = tokenizer_source(source)
+    if "tokenizer_dir" in src:
+        from edge.model.tokenizer import gguf_vocab_from_hf
+
+        gguf_vocab_from_hf(src["tokenizer_dir"])
+
+
 def tokenizer_source(source) -> dict:
     """Where a loaded model's GGUF tokenizer comes from, as export_gguf's keyword: its source GGUF
     (built-in or a file: copied) or its checkpoint directory (tokenizer.json: converted)."""

@@ -369,3 +369,26 @@ def test_loader_reads_llamacpps_fused_qkv(tmp_path):
     model, spec, _ = load_gguf(tmp_path / "fused.gguf")
     tokens = lm.tokenizer.encode(MIXED)[:48]
     assert np.array_equal(TorchRunner(model).logits(tokens), TorchRunner(lm.model).logits(tokens))
+
+
+def test_edge_build_with_an_unconvertible_tokenizer_is_one_line(tmp_path):
+    """A checkpoint whose tokenizer.json is a Unigram model (T5-style): the GGUF build stops in one line
+    naming it and pointing at ONNX / .pte, exit code non-zero, no package left behind."""
+    from click.testing import CliRunner
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, pre_tokenizers, trainers
+
+    from edge.cli import main
+    from tests.hftokenizers import EXTRA
+
+    ckpt = tiny_checkpoint(tmp_path / "tiny-qwen3", "qwen3")
+    tk = HFTokenizer(models.Unigram())
+    tk.pre_tokenizer = pre_tokenizers.Metaspace()
+    tk.train_from_iterator(EXTRA + MIXED.split("\n") * 20, trainers.UnigramTrainer(
+        vocab_size=200, special_tokens=["<unk>"], unk_token="<unk>", show_progress=False))
+    tk.save(str(ckpt / "tokenizer.json"))
+    r = CliRunner().invoke(main, ["build", "--model", str(ckpt), "--target", "raspberry-pi-5", "--recipe", "q4_0",
+                                  "--out", str(tmp_path / "pkg")])
+    assert r.exit_code != 0 and r.output.count("\n") == 1, r.output
+    assert "the tokenizer model is Unigram" in r.output and "ONNX and .pte" in r.output, r.output
+    assert not (tmp_path / "pkg").exists()
