@@ -501,9 +501,10 @@ def prepare_w8a8(model: nn.Module, calib_tokens: np.ndarray, cfg: W8A8Config = W
     if bad:
         raise ConfigError(f"w8a8 keep names unknown groups {bad}; groups are layers.<i>.{{{','.join(GROUPS)}}}")
     if cfg.rotate and model.spec.post_norms:
-        raise ConfigError(f"{model.spec.name or 'model'}: w8a8 rotation of the residual stream is not implemented "
-                          "for post-norms (Gemma 3 norms each block's output, which a rotation does not pass "
-                          "through); use W8A8Config(rotate=False)")
+        # Gemma 3 norms each block's output with a per-channel weight just before the residual add,
+        # which no rotation of the residual stream passes through: SmoothQuant takes its place (the
+        # plan's summary records the scheme that ran, rotate False)
+        cfg = dataclasses.replace(cfg, rotate=False, alpha=cfg.alpha or POST_NORM_ALPHA)
     m = copy.deepcopy(model).float().eval()
     m.drop_cache()
     for p in m.parameters():
@@ -562,6 +563,8 @@ def attach_fake_quant(model: nn.Module, plan: W8A8Plan) -> list:
     return handles
 
 
+# SmoothQuant's alpha where the rotation cannot run (post-norms): the class default
+POST_NORM_ALPHA = W8A8Config.alpha
 # The scheme `edge build` uses for w8a8 (measured on the built-in model: benchmarks/w8a8.py,
 # docs/export.md). hybrid_precision is set per target by for_unit.
 DEFAULT = W8A8Config(rotate=True, alpha=0.0, weights="gptq", scales="mse", keep_down=True, hybrid=6)
