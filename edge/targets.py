@@ -26,6 +26,7 @@ from typing import Any
 
 from edge.budgets import parse_budget
 from edge.errors import ConfigError, UnknownTarget, did_you_mean
+from edge.model.spec import parse_nm
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 
@@ -305,8 +306,6 @@ _PROV = ("source", "estimate", "note")
 def _sparsity(r: _Reader, v: Any, key: str, prov: str) -> tuple[str, ...]:
     """A unit's (or a runtime's) N:M sparsity support: ["2:4"], or {patterns: ["2:4"], source/estimate: ...};
     sourced."""
-    from edge.sim.sparsity import parse_nm
-
     if isinstance(v, dict):
         v = r.mapping(v, key, ("patterns", *_PROV), ("patterns",))
         prov = r.provenance_of(v, key, prov)

@@ -44,7 +44,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 # Imports that still run up the layers, with what has to move for each to go
 UPWARD = {
     ("edge.targets", "edge.sim.recipes"): "the preset names, read off the preset table",
-    ("edge.targets", "edge.sim.sparsity"): "the N:M pattern grammar (parse_nm)",
 }
 
 

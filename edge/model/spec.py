@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -513,3 +514,13 @@ def hf_config_fields(cfg: dict, arch: str, hf_arch: str) -> dict:
             moe_layers=tuple(i for i in range(n_layers) if i not in dense and n_exp > 0 and (i + 1) % step == 0),
         )
     return kw
+
+
+def parse_nm(pattern: str) -> tuple[int, int]:
+    """'2:4' -> (2, 4): an N:M semi-structured sparsity pattern, N kept of every M consecutive weights,
+    0 < N < M. A pruned model records it (``pruning``: ("sparsity", "2:4")), a recipe may ask for it and a
+    target's unit lists the patterns it runs (``units.*.sparsity``)."""
+    m = re.match(r"^\s*(\d+)\s*:\s*(\d+)\s*$", str(pattern))
+    if not m or not 0 < int(m.group(1)) < int(m.group(2)):
+        raise ConfigError(f"sparsity pattern {pattern!r} is not N:M with 0 < N < M (e.g. \"2:4\")")
+    return int(m.group(1)), int(m.group(2))

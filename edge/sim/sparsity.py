@@ -16,20 +16,9 @@ run densely: same bytes, same operations::
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import replace
 
-from edge.errors import ConfigError
-
-_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
-
-
-def parse_nm(pattern: str) -> tuple[int, int]:
-    """'2:4' -> (2, 4): N kept of every M consecutive weights, 0 < N < M."""
-    m = _NM.match(str(pattern))
-    if not m or not 0 < int(m.group(1)) < int(m.group(2)):
-        raise ConfigError(f"sparsity pattern {pattern!r} is not N:M with 0 < N < M (e.g. \"2:4\")")
-    return int(m.group(1)), int(m.group(2))
+from edge.model.spec import parse_nm
 
 
 def sparsity_pattern(spec, recipe) -> str:
