@@ -39,6 +39,25 @@ def test_onnx_matches_reference(tmp_path, name, dtype, atol):
 
 
 @pytest.mark.parametrize("name", ["qwen3", "gemma3"])
+def test_onnx_opset11_fixed_shapes(tmp_path, name):
+    """The NPU toolchains' form (opset 11, T fixed at 32, the TorchScript exporter): GeGLU's tanh-GELU,
+    the mask channels and RoPE blocks slice and decompose there too (measured 1.7e-6 / 2.3e-6)."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from edge.export.onnx import OnnxConfig, export_onnx, rope_tables
+    from edge.runtime.eager import TorchRunner
+    from edge.runtime.onnxruntime import OnnxRunner
+
+    m = tiny_arch(name)
+    res = export_onnx(m, tmp_path, OnnxConfig(max_seq=32, format="onnx-opset11"))
+    mp = onnx.load(str(tmp_path / res.files[0]))
+    assert max(o.version for o in mp.opset_import if o.domain == "") <= 11
+    r = OnnxRunner(tmp_path, res.layout, *rope_tables(m, 32))
+    np.testing.assert_allclose(decode_logits(r), TorchRunner(m).logits(TOKENS), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["qwen3", "gemma3"])
 def test_pte_matches_reference(tmp_path, name):
     pytest.importorskip("executorch")
     from edge.export.executorch import PteConfig, export_pte
