@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from edge.model.spec import ModelSpec  # noqa: E402
-from edge.sim import Workload, simulate  # noqa: E402
+from edge.sim import LLAMACPP_MIXES, Workload, simulate  # noqa: E402
 
 
 def llama(name, dim, layers, heads, kv, ffn, vocab, tie, head_dim=0):
@@ -34,9 +34,9 @@ QWEN3_4B = llama("qwen3-4b", 2560, 36, 32, 8, 9728, 151936, True, head_dim=128)
 
 # (model, target, recipe, runtime, workload, measured decode tok/s, source, used in the fit?)
 CASES = [
-    (LLAMA31_8B, "raspberry-pi-5", "q4_k_m", "llama.cpp", Workload(32, 128), 2.17,
+    (LLAMA31_8B, "raspberry-pi-5", LLAMACPP_MIXES["q4_k_m"], "llama.cpp", Workload(32, 128), 2.17,
      "geerlingguy/ai-benchmarks#7, Ollama llama3.1:8b", True),
-    (LLAMA32_3B, "raspberry-pi-5", "q4_k_m", "llama.cpp", Workload(32, 128), 4.88,
+    (LLAMA32_3B, "raspberry-pi-5", LLAMACPP_MIXES["q4_k_m"], "llama.cpp", Workload(32, 128), 4.88,
      "geerlingguy/ai-benchmarks#7, Ollama llama3.2:3b", True),
     (QWEN3_06B, "rk3588", "w8a8", "rkllm", Workload(77, 399), 15.59,
      "VenomekPL/RockchipLlama docs/BENCHMARKS.md, RKLLM 1.2.1", True),
@@ -44,21 +44,22 @@ CASES = [
      "VenomekPL/RockchipLlama docs/BENCHMARKS.md, RKLLM 1.2.1", True),
     (QWEN3_4B, "rk3588", "w8a8", "rkllm", Workload(10, 1000), 4.75,
      "kuneberg/rk_llm_chat PERFORMANCE_RESULTS.md, RKLLM 1.2.1b1, another board", False),
-    (LLAMA1_7B, "apple-m2", "q4_0", "llama.cpp", Workload(1, 128), 21.9,
+    (LLAMA1_7B, "apple-m2", LLAMACPP_MIXES["q4_0"], "llama.cpp", Workload(1, 128), 21.9,
      "llama.cpp discussion 4167, M2 10-core GPU tg128", True),
 ]
 
 
 def main() -> None:
     rows = []
-    print(f"{'model':12} {'target':15} {'recipe':7} {'runtime':10} | {'pred':>6} {'meas':>6} {'err':>7} | fitted on it")
+    print(f"{'model':12} {'target':15} {'recipe':16} {'runtime':10} | {'pred':>6} {'meas':>6} {'err':>7} | fitted on it")
     for spec, target, recipe, runtime, wl, measured, source, fitted in CASES:
         r = simulate(spec, recipe, target, runtime=runtime, workload=wl, budgets=[])
+        recipe = r.recipe
         err = r.decode_tok_s / measured - 1
         rows.append({"model": spec.name, "target": target, "recipe": recipe, "runtime": runtime,
                      "predicted_decode_tok_s": r.decode_tok_s, "measured_decode_tok_s": measured, "error": err,
                      "binding": r.decode.binding, "source": source, "fitted_on_it": fitted})
-        print(f"{spec.name:12} {target:15} {recipe:7} {runtime:10} | {r.decode_tok_s:6.2f} {measured:6.2f} "
+        print(f"{spec.name:12} {target:15} {recipe:16} {runtime:10} | {r.decode_tok_s:6.2f} {measured:6.2f} "
               f"{err:+7.1%} | {'yes' if fitted else 'no'}  ({source})")
     out = ROOT / "benchmarks/results/sim_vs_published.json"
     out.write_text(json.dumps(rows, indent=1))

@@ -19,6 +19,7 @@ from edge.errors import BudgetFailed, ConfigError
 from edge.eval import compare
 from edge.export.check import check
 from edge.export.gguf import export_gguf, gguf_preflight, tokenizer_source
+from edge.export.weights import gguf_weights
 from edge.model.load import load_model
 from edge.package import PackageWriter
 from edge.prune import prune_loaded, read_build_recipe
@@ -95,7 +96,7 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
     plan = check(lm.spec, tp, recipe, runtime, cfg.max_seq)
     if plan.writer == "gguf" and kv_cache == "int8" and lm.spec.head_dim % 32:
         raise ConfigError(f"kv_cache int8: llama.cpp stores it as q8_0 blocks of 32 values per head, and this "
-                          f"model's head_dim is {lm.spec.head_dim}; use kv_cache f16")
+                          f"model's head_dim is {lm.spec.head_dim}; use kv_cache fp16")
     if plan.writer == "gguf":  # what llama.cpp cannot compute or tokenize, refused before quantizing
         gguf_preflight(lm.spec, lm.source)
     progress(f"build: {lm.spec.name or lm.source.name} -> {tp.name}, recipe {recipe}, runtime {plan.runtime} "
@@ -109,8 +110,11 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
     ref = TorchRunner(unpruned)
 
     with PackageWriter(out) as w:
-        art = {"format": plan.target_format, "writer": plan.writer, "runtime": plan.host_runtime,
+        art = {"format": plan.written_format, "writer": plan.writer, "runtime": plan.host_runtime,
                "device_runtime": plan.runtime, "recipe": recipe, "option": plan.option}
+        if plan.compile_for:
+            art["compile_for"] = plan.compile_for  # the vendor toolchain's input is the ONNX written here
+        calibrated = uses_calibration(plan, recipe)
         if plan.writer == "pte":
             from edge.export.executorch import PteConfig, export_pte_cached
 
@@ -120,7 +124,8 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
                                          bos_id=lm.tokenizer.bos_id, eos_ids=eos)
             if hit:
                 progress("build: lowered .pte taken from the stage cache (same weights, config, exporter, tools)")
-            art |= {"files": ["model.pte"], "export": res.to_dict() | {"seconds": None}}
+            exp = res.to_dict()
+            art |= {"files": ["model.pte"], "weights": exp.pop("weights"), "export": exp | {"seconds": None}}
         elif plan.writer == "onnx":
             from edge.export.onnx import OnnxConfig, export_onnx, rope_tables
 
@@ -135,17 +140,18 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
             res = export_onnx(lm.model, w.dir, ocfg, calib_tokens=calib)
             cos, sin = rope_tables(lm.model, cfg.max_seq)
             np.save(w.dir / "rope.npy", np.stack([cos, sin]))  # (2, S, head_dim): cos, sin
-            art |= {"files": res.files + ["rope.npy"], "layout": res.layout,
+            art |= {"files": res.files + ["rope.npy"], "layout": res.layout, "weights": res.weights,
                     "export": res.to_dict() | {"seconds": None}}
         else:
             from edge.quant.quantize import quantize
 
             m = copy.deepcopy(lm.model)
             q = None if plan.option in ("fp32", "fp16") else quantize(m, plan.option, torch.from_numpy(calib))
-            export_gguf(m, q, w.dir / "model.gguf", **tokenizer_source(lm.source),
-                        provenance={"calib": dataset_hash(calib_cfg), "recipe": recipe, "target": tp.name},
+            prov = {"recipe": recipe, "target": tp.name} | ({"calib": dataset_hash(calib_cfg)} if calibrated else {})
+            export_gguf(m, q, w.dir / "model.gguf", **tokenizer_source(lm.source), provenance=prov,
                         float_type="f16" if plan.option == "fp16" else "f32")
-            art |= {"files": ["model.gguf"], "kv_cache": kv_cache}  # the runner's cache type
+            art |= {"files": ["model.gguf"], "kv_cache": kv_cache,  # the runner's cache type
+                    "weights": gguf_weights(w.dir / "model.gguf")}
         w.add_artifact(art)
         tok_files = write_tokenizer(lm.tokenizer, w.dir)
 
@@ -155,12 +161,14 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
         acc = compare(ref.logits, runner.logits, heldout, window=cfg.eval_window).to_dict()
         del runner
         art["accuracy"] = {k: round(v, 6) if isinstance(v, float) else v for k, v in acc.items()}
-        sim = simulated(lm.spec, tp, recipe, plan.runtime, kv_cache, cpu_linear_fraction(art))
+        sim = simulated(lm.spec, tp, recipe, plan.runtime, kv_cache, cpu_linear_fraction(art), art.get("weights"))
         fields = {
             "target": tp.name, "recipe": recipe, "runtime": plan.runtime,
             "model": {"name": lm.spec.name or lm.source.name, "source": lm.source.kind, "sha256": model_hash(lm.model),
                       "spec": lm.spec.to_dict()},
-            "calibration": {"sha256": dataset_hash(calib_cfg), "samples": cfg.calib_samples, "seq_len": cfg.calib_seq},
+            # only an artifact whose numbers depend on calibration text records which text
+            **({"calibration": {"sha256": dataset_hash(calib_cfg), "samples": cfg.calib_samples,
+                                "seq_len": cfg.calib_seq}} if calibrated else {}),
             "evaluation": {"text": "heldout", "tokens": len(heldout), "window": cfg.eval_window,
                            "reference": reference_model(lm.source)},
             "tokenizer": tok_files,
@@ -183,16 +191,30 @@ def cpu_linear_fraction(art: dict) -> float:
     return macs.get("float_layers", 0) / total if total else 0.0
 
 
-def simulated(spec, tp, recipe: str, runtime: str, kv_cache: str = "", cpu_fraction: float = 0.0) -> dict:
-    """The simulator's prediction and budget verdicts, or why there is none."""
+def uses_calibration(plan, recipe: str) -> bool:
+    """Whether the artifact's numbers depend on calibration text: GPTQ codes (GGUF quantized presets),
+    static activation scales and GPTQ (ONNX QDQ). Float artifacts and the .pte's round-to-nearest
+    torchao weights with dynamic activations use none."""
+    if plan.writer == "onnx":
+        return plan.option.startswith("qdq-")
+    if plan.writer == "gguf":
+        return plan.option not in ("fp32", "fp16") and load_quant_recipe(recipe).calibrated
+    return False
+
+
+def simulated(spec, tp, recipe: str, runtime: str, kv_cache: str = "", cpu_fraction: float = 0.0,
+              weights: dict | None = None) -> dict:
+    """The simulator's prediction and budget verdicts, or why there is none. ``weights``: the artifact's
+    weight record (edge.export.weights): the prediction then costs the bytes the artifact stores, per
+    tensor class, not the preset's nominal types."""
     import dataclasses
 
-    from edge.sim import load_recipe, simulate
+    from edge.sim import as_written, load_recipe, simulate
 
     try:
-        cost = load_recipe(recipe)
+        cost = as_written(recipe, weights) if weights else load_recipe(recipe)
         if kv_cache:
-            cost = dataclasses.replace(cost, kv_cache={"f32": "fp32", "f16": "fp16"}.get(kv_cache, kv_cache))
+            cost = dataclasses.replace(cost, kv_cache=kv_cache)
         if cpu_fraction:
             cost = dataclasses.replace(cost, cpu_linear_fraction=cpu_fraction)
         r = simulate(spec, cost, tp, runtime=runtime)
@@ -200,6 +222,7 @@ def simulated(spec, tp, recipe: str, runtime: str, kv_cache: str = "", cpu_fract
         return {"available": False, "reason": str(e)}
     return {"available": True, "decode_tok_s": round(r.decode_tok_s, 3), "prefill_tok_s": round(r.prefill_tok_s, 3),
             "ttft_s": round(r.ttft_s, 4), "peak_memory_bytes": int(r.peak_memory_bytes), "fits": r.fits,
+            "weight_bytes": int(r.memory["weights"]), "costed_as": "written" if weights else "preset",
             "budgets": [{"name": b.name, "limit": b.limit, "value": round(b.value, 4), "ok": b.ok} for b in r.budgets],
             "ok": r.ok}
 
@@ -207,7 +230,8 @@ def simulated(spec, tp, recipe: str, runtime: str, kv_cache: str = "", cpu_fract
 def report(fields: dict, artifacts: list[dict]) -> str:
     lines = [f"# {fields['model']['name']} for {fields['target']} ({fields['recipe']})", "",
              f"Runtime on the device: {fields['runtime']}. Model sha256 {fields['model']['sha256'][:16]}..., "
-             f"calibration sha256 {fields['calibration']['sha256'][:16]}...", "",
+             + (f"calibration sha256 {fields['calibration']['sha256'][:16]}..." if "calibration" in fields
+                else "no calibration (no artifact number depends on calibration text)"), "",
              f"Accuracy is measured against the reference model: {fields['evaluation']['reference']}.", "",
              "## Artifacts", "",
              "| files | format | host runtime | top-1 | KLD mean | ppl change |", "|---|---|---|---|---|---|"]
@@ -220,7 +244,9 @@ def report(fields: dict, artifacts: list[dict]) -> str:
     lines += ["", "## Simulated on the device", ""]
     if sim.get("available"):
         lines.append(f"decode {sim['decode_tok_s']:.1f} tok/s, prefill {sim['prefill_tok_s']:.1f} tok/s, "
-                     f"peak memory {sim['peak_memory_bytes'] / 2**20:.0f} MiB, fits: {sim['fits']}")
+                     f"peak memory {sim['peak_memory_bytes'] / 2**20:.0f} MiB, fits: {sim['fits']} (weights costed "
+                     f"{'as the artifact stores them' if sim.get('costed_as') == 'written' else 'by the preset'}: "
+                     f"{sim.get('weight_bytes', 0) / 1e6:.1f} MB)")
         for b in sim["budgets"]:
             lines.append(f"- budget {b['name']}: {'ok' if b['ok'] else 'FAILED'} ({b['value']})")
     else:

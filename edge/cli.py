@@ -13,6 +13,7 @@ import sys
 import click
 
 from edge.errors import EdgeError
+from edge.recipes import PRESETS
 
 
 def friendly(fn):
@@ -184,7 +185,8 @@ def prune_cmd(model, out, recipe, ratio, params, kind, ffn_dim, n_heads, n_kv_he
 @main.command("quantize")
 @click.option("--model", "model", default="smollm2-135m", show_default=True, help="Built-in name or path.")
 @click.option("--recipe", required=True,
-              help="Preset (q8_0, q4_0, q4_k_m, w4a16, w8a8, 8da4w) or a recipe file. w8a8 is edge build's static "
+              help=f"Preset ({', '.join(p.name for p in PRESETS.values() if p.quant)}) or a recipe file. w8a8 is edge "
+                   "build's static "
                    "W8A8 scheme (rotation, GPTQ int8 weights, static activation scales, some groups at int16/float); "
                    "with --method rtn/awq or a recipe file setting smoothquant: SmoothQuant instead (int8 weights, "
                    "absmax static activation scales).")

@@ -43,6 +43,7 @@ from edge.model.load import load_model, load_spec
 from edge.model.save import save_model
 from edge.model.spec import ModelSpec
 from edge.quant.configs import PRESETS
+from edge.recipes import kv_cache, preset
 
 KINDS = ("auto", "mlp", "attn", "mlp+attn", "depth", "experts")
 IMPORTANCE = ("activation", "magnitude")
@@ -1037,7 +1038,6 @@ def _jsonable(x):
 # ---- the prune: section of edge build recipes -----------------------------------------------------
 # a build recipe: a quantization preset, the KV cache type and runtime to build for, pruning
 BUILD_RECIPE_KEYS = ("base", "kv_cache", "runtime", "prune", "name", "note")
-BUILD_KV_CACHE = {"f32": "f32", "fp32": "f32", "f16": "f16", "fp16": "f16", "int8": "int8"}
 
 
 @dataclass(frozen=True)
@@ -1049,15 +1049,22 @@ class BuildRecipe:
     prune: PruneConfig | None = None
     calib: dict = field(default_factory=dict)
     source: str = ""
-    kv_cache: str = ""  # '' = the preset's
+    kv_cache: str = ""  # '' = the preset's; else edge.recipes.KV_CACHE
     runtime: str = ""  # '' = the target's default for the preset
+
+    def __post_init__(self) -> None:
+        where = f"{self.source}: " if self.source else ""
+        if self.quant:  # a preset of the one table (edge.recipes), or one error listing them
+            preset(self.quant, f"{where}base" if self.source else "recipe")
+        if self.kv_cache:
+            object.__setattr__(self, "kv_cache", kv_cache(self.kv_cache, f"{where}kv_cache"))
 
 
 def read_build_recipe(name_or_path: str) -> BuildRecipe:
     """A quantization preset name (no pruning), or a YAML/JSON file::
 
         base: q4_0          # the quantization preset (optional: the target's default)
-        kv_cache: int8      # optional: f32 | f16 | int8 (default: the preset's)
+        kv_cache: int8      # optional: fp32 | fp16 | bf16 | int8, llama.cpp's f32/f16 read too (default: the preset's)
         runtime: llama.cpp  # optional: one of the target's runtimes (default: the target's for the preset)
         prune:              # PruneConfig fields, plus calib, calib_samples, seq_len, seed
           ratio: 0.2
@@ -1086,12 +1093,7 @@ def read_build_recipe(name_or_path: str) -> BuildRecipe:
         ) else ""
         raise ConfigError(f"{p}: {bad[0]}: {what}unknown key in a build recipe; allowed: {', '.join(BUILD_RECIPE_KEYS)}")
     quant = doc.get("base") or ""
-    if quant and quant not in PRESETS:
-        raise ConfigError(f"{p}: base: '{quant}' is not a quantization preset; presets: {', '.join(PRESETS)}")
     kv = str(doc.get("kv_cache") or "")
-    if kv and kv not in BUILD_KV_CACHE:
-        raise ConfigError(f"{p}: kv_cache: '{kv}' is not a KV cache type; one of {', '.join(BUILD_KV_CACHE)}")
-    kv = BUILD_KV_CACHE.get(kv, "")
     runtime = str(doc.get("runtime") or "")
     section = doc.get("prune")
     if section is None:

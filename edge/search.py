@@ -43,12 +43,12 @@ from edge.model.load import LoadedModel, load_model, load_spec, resolve
 from edge.model.spec import ModelSpec
 from edge.prune import KINDS, PruneConfig, plan_shapes, prune, shaped_spec
 from edge.quant import load_recipe as load_quant_recipe
+from edge.recipes import KV_CACHE, SEARCHED, preset
 from edge.sim import Workload, parse_budget, simulate
-from edge.sim.recipes import PRESETS
 from edge.sim.recipes import load_recipe as load_cost_recipe
 from edge.targets import TargetProfile, load_target
 
-QUANT_CHOICES = ("fp16", "q8_0", "q4_k_m", "q4_0", "w8a8", "w4a16", "8da4w")
+QUANT_CHOICES = SEARCHED  # the presets the preset table marks as searched
 KV_CHOICES = ("fp16", "int8")
 PRUNE_RATIOS = (0.0, 0.1, 0.2, 0.3)
 
@@ -69,9 +69,9 @@ class SearchSpace:
             if not 0 <= r < 1:
                 raise ConfigError(f"search: prune ratio {r} must be in [0, 1)")
         for q in self.quant:
-            require_one_of("search: quantization preset", q, PRESETS)
+            preset(q, "search: quantization")
         for k in self.kv_cache:
-            require_one_of("search: KV-cache type", k, ("fp32", "fp16", "int8"))
+            require_one_of("search: KV-cache type", k, KV_CACHE)
         require_one_of("search: prune kind", self.prune_kind, KINDS)
         if self.finalists < 1:
             raise ConfigError(f"search: finalists must be >= 1, got {self.finalists}")

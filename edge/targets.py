@@ -332,7 +332,7 @@ _CLASSES = ("phone", "sbc", "camera-soc", "automotive", "laptop", "datacenter-gp
 
 def parse_profile(doc: Any, path: str = "<profile>") -> TargetProfile:
     """Validate one profile document (the parsed YAML) and build the frozen TargetProfile."""
-    from edge.sim.recipes import PRESETS  # local: keeps the dependency one-way at import time
+    from edge.recipes import PRESETS
 
     r0 = _Reader(path, {})
     doc = r0.mapping(doc, "", _TOP, ("name", "description", "sources", "memory", "cpu", "units", "runtimes",

@@ -28,13 +28,13 @@ from edge.model.load import load_model
 from edge.model.spec import ModelSpec
 from edge.model.tokenizer import Tokenizer
 from edge.package import read_manifest, verify
+from edge.recipes import FOUR_BIT
 from edge.runtime import qnn
 from edge.runtime.session import artifact_runner
-from edge.sim import simulate
+from edge.sim import as_written, simulate
 from edge.targets import load_target
 
 COMPARISON_KEYS = {"top1": "top1_agreement", "kld": "kld_mean", "ppl_change": "ppl_change"}  # edge.eval's names
-FOUR_BIT = ("8da4w", "q4_0", "q4_k_m", "w4a16")
 
 
 @dataclass
@@ -218,9 +218,11 @@ def _reference(m: dict):
 def _sim_checks(m: dict, budgets: list[str]) -> list[Check]:
     """The simulator's budget verdicts: the target's defaults plus ``budgets``."""
     spec = ModelSpec.from_dict(m["model"]["spec"])
-    try:
-        r = simulate(spec, m["recipe"], m["target"], runtime=m["runtime"], budgets=None)
-        extra = simulate(spec, m["recipe"], m["target"], runtime=m["runtime"], budgets=budgets) if budgets else None
+    art = (m.get("artifacts") or [{}])[0]
+    try:  # the weights as the artifact stores them (its writer's record), as the manifest's own figures
+        cost = as_written(m["recipe"], art["weights"]) if art.get("weights") else m["recipe"]
+        r = simulate(spec, cost, m["target"], runtime=m["runtime"], budgets=None)
+        extra = simulate(spec, cost, m["target"], runtime=m["runtime"], budgets=budgets) if budgets else None
     except ConfigError as e:
         return [Check("simulated budgets", False, detail=str(e))]
     out = [Check("simulated: fits in memory", r.fits, r.peak_memory_bytes, detail=r.fit_binding)]

@@ -90,7 +90,7 @@ def test_cli_build_with_prune_recipe(tiny, tmp_path):
     ("base: q4_0\nprune:\n  experts: 2\n", "unknown keys ['experts']"),
     ("base: q4_0\nprune:\n  n_experts: 2\n", "needs a mixture-of-experts model"),
     ("base: q4_0\nweights: {output: q8_0}\nprune:\n  ffn_dim: 64\n", "edge build does not apply"),
-    ("base: q9_0\nprune:\n  ffn_dim: 64\n", "'q9_0' is not a quantization preset"),
+    ("base: q9_0\nprune:\n  ffn_dim: 64\n", "base: preset 'q9_0' unknown (did you mean 'q8_0'?); allowed: fp32, fp16"),
 ])  # fmt: skip
 def test_bad_prune_section_is_one_line(tiny, tmp_path, text, says):
     from edge.cli import main
@@ -137,7 +137,7 @@ def test_build_recipe_kv_cache_and_runtime_reach_the_package(tiny, tmp_path):
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("base: q8_0\nkv_cache: int8\nruntime: llama.cpp\n")
-    with pytest.raises(Exception, match="head_dim is 16; use kv_cache f16"):  # q8_0 blocks of 32 per head
+    with pytest.raises(Exception, match="head_dim is 16; use kv_cache fp16"):  # q8_0 blocks of 32 per head
         build(load_model(str(tiny)), recipe, tmp_path / "hd16")
     assert not (tmp_path / "hd16").exists()
     lm = load_model(str(write_tiny_gguf(tmp_path / "hd32.gguf", heads=2, kv=1)))
@@ -149,11 +149,11 @@ def test_build_recipe_kv_cache_and_runtime_reach_the_package(tiny, tmp_path):
     assert s.runner.kv_type == "int8"
     f16 = build(lm, "q8_0", tmp_path / "kv16")
     m16 = json.loads((f16 / "manifest.json").read_text())
-    assert m16["artifacts"][0]["kv_cache"] == "f16"
+    assert m16["artifacts"][0]["kv_cache"] == "fp16"
     # the simulator costs the cache the package runs
     assert m["simulated"]["peak_memory_bytes"] < m16["simulated"]["peak_memory_bytes"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("base: q8_0\nkv_cache: int4\n")
-    with pytest.raises(Exception, match="kv_cache: 'int4' is not a KV cache type"):
+    with pytest.raises(Exception, match="kv_cache: 'int4' is not a KV cache type .*; one of fp32, fp16, bf16, int8"):
         build(lm, bad, tmp_path / "bad")
     assert not (tmp_path / "bad").exists()

@@ -42,9 +42,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("edge.cli",),
 )
 # Imports that still run up the layers, with what has to move for each to go
-UPWARD = {
-    ("edge.targets", "edge.sim.recipes"): "the preset names, read off the preset table",
-}
+UPWARD: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: Path) -> str:

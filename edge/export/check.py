@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from edge.errors import BudgetFailed, ConfigError
 from edge.quant.configs import load_recipe as load_quant_recipe
+from edge.recipes import preset, writer_options
 from edge.sim import load_recipe as load_cost_recipe
 
 # target format -> (our writer, its variant). "rknn", "hbm" and "qnn-context-binary" are compiled by
@@ -27,12 +28,8 @@ FORMAT_WRITERS: dict[str, tuple[str, str]] = {
     "qnn-context-binary": ("onnx", "onnx-qdq"),
     "gguf": ("gguf", ""),
 }
-# writer -> recipe -> the writer's own option (weight format / dtype). One visible table.
-RECIPE_OPTIONS: dict[str, dict[str, str]] = {
-    "pte": {"fp32": "fp32", "8da4w": "8da4w", "w8a8": "8da8w"},
-    "onnx": {"fp32": "fp32", "fp16": "fp16", "w8a8": "qdq-w8a8", "w4a16": "qdq-w4a16"},
-    "gguf": {"fp32": "fp32", "fp16": "fp16", "q8_0": "q8_0", "q4_0": "q4_0", "q4_k_m": "q4_k_m"},
-}
+# writer -> preset -> the writer's own option (weight format / dtype): read off the preset table
+RECIPE_OPTIONS: dict[str, dict[str, str]] = {w: writer_options(w) for w in ("pte", "onnx", "gguf")}
 RUNTIME_OF_WRITER = {"pte": "executorch", "onnx": "onnxruntime", "gguf": "llama.cpp"}
 
 
@@ -45,9 +42,21 @@ class ExportPlan:
     option: str  # the writer's quant/dtype option
     host_runtime: str  # executorch | onnxruntime | llama.cpp: what runs it on the host
 
+    @property
+    def written_format(self) -> str:
+        """The format of the file edge writes (onnx-qdq for a QDQ ONNX graph), which a manifest records."""
+        return self.variant or self.writer
+
+    @property
+    def compile_for(self) -> str:
+        """The vendor format a toolchain compiles the written file to on the way to the device (rknn,
+        hbm, qnn-context-binary); '' when the device runtime loads the written file itself."""
+        return "" if self.target_format == self.written_format else self.target_format
+
 
 def check(spec, target, recipe: str, runtime: str | None = None, context: int | None = None) -> ExportPlan:
     """Raise ConfigError / BudgetFailed when the build cannot work; else the plan."""
+    preset(recipe)  # a row of the preset table, or one error listing them
     rt = target.runtime_for(recipe, runtime)
     name = runtime or next(k for k, v in target.runtimes.items() if v is rt)
     fmts = [f for f in rt.formats if f in FORMAT_WRITERS]

@@ -83,13 +83,14 @@ class PteExport:
     decode_delegated: int = 0  # the same two figures for the static T=1 ``decode`` method
     decode_outside_delegate: dict[str, int] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()  # what torch.export / ExecuTorch warned about (edge.export.ToolWarnings)
+    weights: dict = field(default_factory=dict)  # bytes per tensor class in the program (pte_weights)
 
     def to_dict(self) -> dict:
         out = {"path": self.path.name, "quant": self.config.quant, "max_seq": self.config.max_seq,
                "group_size": self.config.group_size, "seconds": round(self.seconds, 1),
                "delegated": self.delegated, "outside_delegate": dict(sorted(self.outside_delegate.items())),
                "quantized_linears": self.quantized_linears, "skipped_linears": list(self.skipped_linears),
-               "warnings": list(self.warnings)}
+               "warnings": list(self.warnings), "weights": self.weights}
         if self.config.decode_method:
             out |= {"decode_delegated": self.decode_delegated,
                     "decode_outside_delegate": dict(sorted(self.decode_outside_delegate.items()))}
@@ -251,6 +252,39 @@ def quantize_8da(dec: PteDecoder, bits: int, group_size: int) -> tuple[int, tupl
     return len(linears) - len(skipped), skipped
 
 
+def pte_weights(dec: PteDecoder, cfg: PteConfig, path: Path) -> dict:
+    """Bytes per tensor class as the lowered program stores them (edge.export.weights' record).
+
+    XNNPACK keeps every delegated Linear's weight in the program's named data: fp32, or the torchao
+    codes packed to ``bits`` per weight plus one bf16 scale per group (symmetric: no zero points);
+    the embedding table is a constant of the (undelegated) gather in fp32, so a head tied to it is
+    stored twice; norm weights are fp32 constants. ``file_data_bytes`` is what the written program
+    holds in named data and constant buffers (weights, RoPE tables and constants), read back from
+    ``path``, against which the record is checked in tests/sim/test_artifact_bytes.py."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    from edge.export.weights import WeightTally, class_of
+
+    bits = PTE_QUANT[cfg.quant][1]
+    t = WeightTally()
+    for name, mod in dec.named_modules():
+        if isinstance(mod, nn.Linear):
+            n = mod.in_features * mod.out_features
+            if cfg.quant != "fp32" and mod.in_features % cfg.group_size == 0:
+                t.add(class_of(name + ".weight"), f"int{bits} g{cfg.group_size} bf16 scales", n,
+                      n * bits // 8 + n // cfg.group_size * 2)
+            else:
+                t.add(class_of(name + ".weight"), "fp32", n, n * 4)
+        elif isinstance(mod, (nn.Embedding, MatmulRMSNorm)):
+            t.add(class_of(name + ".weight"), "fp32", mod.weight.numel(), mod.weight.numel() * 4)
+    rec = t.to_dict()
+    pte = deserialize_pte_binary(path.read_bytes())
+    named = pte.named_data
+    data = sum(len(named.buffers[e.buffer_index]) for e in named.pte_data.values()) if named is not None else 0
+    data += sum(len(b.storage) for b in pte.program.constant_buffer)
+    return rec | {"other_bytes": max(data - rec["bytes"], 0), "file_data_bytes": data}
+
+
 def constant_methods(dec: PteDecoder, bos_id: int | None, eos_ids: list[int]) -> dict:
     """Scalars ExecuTorch's LLM runner reads off a .pte (extension/llm/runner/constants.h)."""
     out = {
@@ -343,9 +377,10 @@ def export_pte(model: nn.Module, path: str | Path, cfg: PteConfig = PteConfig(),
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         prog.write_to_file(f)
+    weights = pte_weights(dec, cfg, tmp)
     tmp.replace(path)
     return PteExport(path, cfg, time.perf_counter() - t0, delegated, outside, n_q, skipped, d_delegated, d_outside,
-                     tuple(tw.lines()))
+                     tuple(tw.lines()), weights)
 
 
 def exporter_key(model: nn.Module) -> dict:
@@ -392,5 +427,6 @@ def export_pte_cached(model: nn.Module, path: str | Path | None, cfg: PteConfig 
     m = entry.meta
     res = PteExport(path, cfg, time.perf_counter() - t0, m.get("delegated", 0), m.get("outside_delegate", {}),
                     m.get("quantized_linears", 0), tuple(m.get("skipped_linears", ())),
-                    m.get("decode_delegated", 0), m.get("decode_outside_delegate", {}), tuple(m.get("warnings", ())))
+                    m.get("decode_delegated", 0), m.get("decode_outside_delegate", {}), tuple(m.get("warnings", ())),
+                    m.get("weights", {}))
     return res, entry.hit

@@ -118,8 +118,10 @@ def export_onnx(model: nn.Module, out_dir: str | Path, cfg: OnnxConfig = OnnxCon
         want = sum(len(lins) for lins in groups_of(m).values())
         if n_q != want:
             raise EdgeError(f"QDQ: {n_q} of the {want} linears were found in the exported graph")
+    from edge.export.weights import onnx_weights
+
     return OnnxExport(files, layout, time.perf_counter() - t0, n_q, reason,
-                      plan.summary() if plan is not None else None, tw.lines())
+                      plan.summary() if plan is not None else None, tw.lines(), onnx_weights(out_dir / f for f in files))
 
 
 # ---- QDQ int8 W8A8 ---------------------------------------------------------------------------

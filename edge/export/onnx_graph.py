@@ -93,6 +93,7 @@ class OnnxExport:
     parts_reason: str = ""
     precision: dict | None = None  # qdq-w8a8: W8A8Plan.summary() (what is not int8, and its MACs)
     warnings: list[str] = field(default_factory=list)  # what the exporter/quantizer warned (ToolWarnings)
+    weights: dict | None = None  # bytes per tensor class in the written graphs (edge.export.weights)
 
     def to_dict(self) -> dict:
         d = {"files": self.files, "seconds": round(self.seconds, 1), "quantized_matmuls": self.quantized_matmuls,

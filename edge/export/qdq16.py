@@ -34,7 +34,6 @@ error on a toy MatMul where the graph's own arithmetic gives 0): the layout asks
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from pathlib import Path
 
@@ -65,25 +64,6 @@ CALIB_STRIDE = 1
 # the norms' per-token scale (DivRMSNorm): at most 8192 keeps the HTP's fp16 reciprocal of it normal
 # (> 6.1e-5) with 2x to spare, and y = x / m within +-8 for any fp16 x; the floor only keeps 0 from 0/0
 NORM_FLOOR, NORM_CEIL = 1e-4, 8192.0
-
-
-# Tensor classes whose weights stay at 8 bits (int8 per output channel) in edge's w4a16; the rest are
-# GPTQ int4 in blocks of 64. Chosen on the built-in model (weights only, fp32 reference, docs/export.md):
-# KL divergence when one class at a time is left unquantized ranks down, up, v, gate, o, k, q (v and k
-# give the most per byte); all int4: top-1 0.793; k, v, down at int8: 0.854; k, v, up, down: 0.899.
-# The last clears the 0.85 top-1 that edge validate asks of 4-bit packages, with room for the 16-bit
-# activations' own error.
-INT8_CLASSES = ("attn_k", "attn_v", "ffn_up", "ffn_down")
-
-
-def w4a16_recipe(base="w4a16"):
-    """The quantization recipe the writer uses: ``base`` with INT8_CLASSES at int8 (recorded in the layout)."""
-    r = load_recipe(base)
-    if r.name != "w4a16":
-        return r
-    return dataclasses.replace(r, weights={**r.weights, **{c: "int8" for c in INT8_CLASSES}},
-                               note=f"int4 g64 GPTQ weights, {', '.join(INT8_CLASSES)} and the output head int8 per "
-                               "channel (mixed w4/w8), 16-bit activations (QNN HTP)")
 
 
 def _pack4(codes: np.ndarray) -> bytes:
@@ -238,7 +218,7 @@ def export_w4a16(model: nn.Module, out_dir: str | Path, cfg, stem: str = "model"
         raise ConfigError("onnx qdq-w4a16 needs calibration tokens (calib_tokens): GPTQ and the activation scales")
     if cfg.max_seq > model.spec.max_seq_len:
         raise ConfigError(f"onnx max_seq {cfg.max_seq} exceeds the model's context {model.spec.max_seq_len}")
-    rec = w4a16_recipe(recipe) if isinstance(recipe, str) else load_recipe(recipe)
+    rec = load_recipe(recipe)  # the w4a16 preset keeps k, v, up, down at int8 (edge.recipes.W4A16_INT8_CLASSES)
     fmt = cfg.constraints
     if fmt.opset < OPSET:  # the writer needs opset 21: the profile's format fixes shapes and limits
         fmt16 = f"{cfg.format}-opset{OPSET}"
@@ -338,4 +318,7 @@ def export_w4a16(model: nn.Module, out_dir: str | Path, cfg, stem: str = "model"
                            "formats": formats,
                            "other_constants": "int16 per tensor (norm weights, RoPE rotation, embedding table)",
                            "activations": "uint16 per tensor, MinMax on the calibration prefills"}}
-    return ox.OnnxExport(files, layout, time.perf_counter() - t0, sum(counts.values()), reason, warnings=tw.lines())
+    from edge.export.weights import onnx_weights
+
+    return ox.OnnxExport(files, layout, time.perf_counter() - t0, sum(counts.values()), reason, warnings=tw.lines(),
+                         weights=onnx_weights(out_dir / f for f in files))

@@ -26,6 +26,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 from edge.errors import ConfigError, did_you_mean
+from edge.recipes import KV_CACHE
+from edge.recipes import PRESETS as PRESET_ROWS
+from edge.recipes import kv_cache as canonical_kv
 
 # weight tensor classes (the simulator's names, edge.sim.recipes.TENSOR_CLASSES, minus norms)
 TENSOR_CLASSES = (
@@ -34,7 +37,6 @@ TENSOR_CLASSES = (
 LINEAR_CLASSES = ("attn_q", "attn_k", "attn_v", "attn_o", "ffn_gate", "ffn_up", "ffn_down")
 METHODS = ("rtn", "gptq", "awq", "awq+gptq")
 ACTIVATIONS = ("none", "int8_static", "int8_dynamic")
-KV_CACHE = ("f32", "f16", "int8")
 
 # The module name inside a decoder layer for each class (edge.model.llama, Hugging Face names).
 CLASS_MODULES: dict[str, str] = {
@@ -117,7 +119,7 @@ class QuantRecipe:
     weights: Mapping[str, str]
     method: str = "gptq"
     activations: str = "none"
-    kv_cache: str = "f16"
+    kv_cache: str = "fp16"  # edge.recipes.KV_CACHE (llama.cpp's f16/f32 read as fp16/fp32)
     smoothquant: float = 0.0  # SmoothQuant migration strength alpha; 0 = off
     layers: Mapping[int, str] = field(default_factory=dict)
     tensors: Mapping[str, str] = field(default_factory=dict)
@@ -129,6 +131,8 @@ class QuantRecipe:
 
     def __post_init__(self) -> None:
         where = f"recipe {self.name}"
+        if self.kv_cache in ("f32", "f16"):  # llama.cpp's spelling, read once into the one vocabulary
+            object.__setattr__(self, "kv_cache", canonical_kv(self.kv_cache))
         unknown = [c for c in self.weights if c not in TENSOR_CLASSES]
         if unknown:
             raise ConfigError(f"{where}: unknown tensor class '{unknown[0]}'{did_you_mean(unknown[0], TENSOR_CLASSES)}; "
@@ -220,40 +224,13 @@ class QuantRecipe:
         return json.dumps(self.to_dict(), sort_keys=True)
 
 
-def _all(linear: str, *, output: str, embedding: str | None = None, router: str = "q8_0") -> dict[str, str]:
-    d = {c: linear for c in LINEAR_CLASSES}
-    d.update(embedding=embedding or output, output=output, router=router)
-    return d
-
-
-_LLAMACPP_OUT = "llama.cpp gives output (or a tied embedding) q6_k, which falls back to q8_0 when rows % 256"
-
-# preset name -> recipe. The simulator's preset names (edge.sim.recipes.PRESETS) build with our best
-# calibrated algorithm; method "rtn" only when asked (--method rtn).
-PRESETS: dict[str, QuantRecipe] = {r.name: r for r in (
-    QuantRecipe("fp32", _all("f32", output="f32", router="f32"), method="rtn", kv_cache="f32", sim_preset="fp32",
-                note="no quantization"),
-    QuantRecipe("fp16", _all("f16", output="f16", router="f16"), method="rtn", sim_preset="fp16", note="fp16 weights"),
-    QuantRecipe("q8_0", _all("q8_0", output="q8_0"), method="gptq", sim_preset="q8_0",
-                note="8.5 bpw GGUF Q8_0 everywhere"),
-    QuantRecipe("q4_0", _all("q4_0", output="q8_0"), method="gptq", sim_preset="q4_0",
-                note="4.5 bpw GGUF Q4_0 linears, q8_0 output/tied embedding (as llama.cpp: " + _LLAMACPP_OUT + ")"),
-    QuantRecipe("q4_k_m", _all("q5_0", output="q8_0"), method="gptq", sim_preset="q4_k_m",
-                layers={}, note="what llama.cpp's Q4_K_M becomes on 576-wide rows (q4_k -> q5_0 fallback); "
-                "k-quant packing itself is not implemented, ffn_down is q5_0 instead of q4_k/q6_k"),
-    QuantRecipe("w4a16", _all("int4_g64", output="int8"), method="gptq", sim_preset="w4a16",
-                note="int4 per group of 64 weights, 16-bit activations (NPU style)"),
-    QuantRecipe("w8a8", _all("int8", output="int8"), method="gptq", activations="int8_static", kv_cache="int8",
-                sim_preset="w8a8",
-                note="edge.quant.w8a8's static W8A8 (edge build's ONNX QDQ scheme): rotation, GPTQ int8 per-channel "
-                "linears, MSE-clipped static per-tensor activation scales, every down_proj input and the 6 groups "
-                "with the largest int8 error at int16 (float on a unit without int16), embedding/lm_head float. "
-                "--method rtn/awq or a recipe file with smoothquant: SmoothQuant instead (int8 "
-                "weights, absmax static scales, SmoothQuant alpha as given)"),
-    QuantRecipe("8da4w", _all("int4_g32", output="int4_g32", router="int8"), method="gptq",
-                activations="int8_dynamic", sim_preset="8da4w",
-                note="ExecuTorch/torchao 8-bit dynamic activations, int4 g32 symmetric weights"),
-)}
+# preset name -> recipe, built from the one preset table (edge.recipes.PRESETS: the quantization recipe of
+# each row). The presets build with our best calibrated algorithm; method "rtn" only when asked (--method rtn).
+PRESETS: dict[str, QuantRecipe] = {
+    p.name: QuantRecipe(p.name, p.quant, method=p.method, activations=p.quant_activations, kv_cache=p.kv_cache,
+                        sim_preset=p.name, note=p.quant_note)
+    for p in PRESET_ROWS.values() if p.quant is not None
+}
 
 _RECIPE_KEYS = tuple(f.name for f in fields(QuantRecipe))
 

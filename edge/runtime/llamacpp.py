@@ -16,7 +16,8 @@ from edge.model.llama_log import llama_log, load_llama, log_reason
 # reference to ~1e-5, the default f16 cache differs by ~3e-2.
 # A recipe's int8 KV cache is llama.cpp's q8_0 (blocks of 32 int8 with an f16 scale), which needs
 # flash attention for the V cache.
-KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8, "int8": 8}
+# edge's KV cache types (edge.recipes.KV_CACHE) -> llama.cpp's ggml type ids; its own names read too
+KV_TYPES = {"fp32": 0, "fp16": 1, "int8": 8, "f32": 0, "f16": 1, "q8_0": 8}
 QUANTIZED_KV = ("q8_0", "int8")
 
 
@@ -26,7 +27,7 @@ class LlamaCppRunner:
     name = "llama.cpp"
 
     def __init__(self, path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, n_batch: int = 512,
-                 kv_type: str = "f16"):
+                 kv_type: str = "fp16"):
         self.path = Path(path)
         if not self.path.exists():
             raise ModelLoadError(f"{self.path}: no such GGUF file")

@@ -32,7 +32,7 @@ def artifact_runner(pkg: Path, art: dict, threads: int | None = None):
         return OnnxRunner(pkg, art["layout"], cos, sin, threads=threads)
     if rt == "llama.cpp":
         # the KV cache type the recipe chose (an int8 cache is part of the accuracy the package reports)
-        return LlamaCppRunner(pkg / art["files"][0], n_ctx=512, n_threads=threads, kv_type=art.get("kv_cache", "f16"))
+        return LlamaCppRunner(pkg / art["files"][0], n_ctx=512, n_threads=threads, kv_type=art.get("kv_cache", "fp16"))
     raise ConfigError(f"artifact runtime '{rt}' unknown; known: executorch, onnxruntime, llama.cpp")
 
 

@@ -9,11 +9,19 @@
 
 from edge.budgets import BUDGET_FIGURES, Budget, parse_budget
 from edge.sim.model import expected_distinct_experts, forward_cost, weight_bytes
-from edge.sim.recipes import PRESETS, QUANT_TYPES, Recipe, load_recipe, preset_table
+from edge.sim.recipes import (
+    LLAMACPP_MIXES,
+    PRESETS,
+    QUANT_TYPES,
+    Recipe,
+    as_written,
+    load_recipe,
+    preset_table,
+)
 from edge.sim.simulate import BudgetResult, SimResult, Stage, Workload, simulate
 
 __all__ = [
-    "BUDGET_FIGURES", "PRESETS", "QUANT_TYPES", "Budget", "BudgetResult", "Recipe", "SimResult", "Stage",
-    "Workload", "expected_distinct_experts", "forward_cost", "load_recipe", "parse_budget", "preset_table",
+    "BUDGET_FIGURES", "LLAMACPP_MIXES", "PRESETS", "QUANT_TYPES", "Budget", "BudgetResult", "Recipe", "SimResult", "Stage",
+    "Workload", "as_written", "expected_distinct_experts", "forward_cost", "load_recipe", "parse_budget", "preset_table",
     "simulate", "weight_bytes",
 ]

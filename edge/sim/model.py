@@ -33,12 +33,14 @@ class Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def weight_tensors(spec: ModelSpec) -> tuple[Tensor, ...]:
-    """Every weight tensor of the model. A tied embedding appears once, as 'output'. (Memoized: the
-    simulator asks once per decode step.)"""
+def weight_tensors(spec: ModelSpec, separate_embedding: bool = False) -> tuple[Tensor, ...]:
+    """Every weight tensor of the model. A tied embedding appears once, as 'output', unless the
+    artifact stores the table twice (``separate_embedding``). (Memoized: the simulator asks once
+    per decode step.)"""
     d, q, kv = spec.dim, spec.q_dim, spec.kv_dim
-    out = [Tensor("output" if spec.tie_embeddings else "embedding", -1, spec.vocab_size, d)]
-    if not spec.tie_embeddings:
+    tied = spec.tie_embeddings and not separate_embedding
+    out = [Tensor("output" if tied else "embedding", -1, spec.vocab_size, d)]
+    if not tied:
         out.append(Tensor("output", -1, spec.vocab_size, d))
     out.append(Tensor("norm", -1, 1, d))
     for i in range(spec.n_layers):
@@ -78,7 +80,7 @@ def expected_distinct_experts(n_experts: int, top_k: int, routed_tokens: int) ->
 def weight_bytes(spec: ModelSpec, recipe: Recipe) -> dict[str, float]:
     """Stored bytes by tensor class (all experts)."""
     out: dict[str, float] = {}
-    for t in weight_tensors(spec):
+    for t in weight_tensors(spec, recipe.separate_embedding):
         b = t.copies * recipe.tensor_bytes(t.cls, t.rows, t.cols, max(t.layer, 0), spec.n_layers)
         key = "experts" if t.expert else t.cls
         out[key] = out.get(key, 0.0) + b
@@ -118,7 +120,7 @@ def kv_cache_bytes(spec: ModelSpec, recipe: Recipe, context: int, batch: int = 1
 
 
 def average_bits(spec: ModelSpec, recipe: Recipe) -> float:
-    n = sum(t.rows * t.cols * t.copies for t in weight_tensors(spec))
+    n = sum(t.rows * t.cols * t.copies for t in weight_tensors(spec, recipe.separate_embedding))
     return 8 * sum(weight_bytes(spec, recipe).values()) / n
 
 
@@ -157,7 +159,8 @@ def forward_cost(spec: ModelSpec, recipe: Recipe, new_tokens: int, context: int,
     distinct = 0.0
     cpu_flops = dict.fromkeys(CPU_OPS, 0.0)
     cpu_bytes = dict.fromkeys(CPU_OPS, 0.0)
-    for t in weight_tensors(spec):
+    tied = spec.tie_embeddings and not recipe.separate_embedding
+    for t in weight_tensors(spec, recipe.separate_embedding):
         tb = recipe.tensor_bytes(t.cls, t.rows, t.cols, max(t.layer, 0), spec.n_layers)
         if t.cls == "norm":  # operations counted below, from the elements normalised
             wbytes += tb
@@ -179,7 +182,7 @@ def forward_cost(spec: ModelSpec, recipe: Recipe, new_tokens: int, context: int,
             cpu_flops["lm_head"] += f
             cpu_bytes["lm_head"] += tb
             cpu_flops["sampling"] += 5 * t.rows * batch
-            if spec.tie_embeddings:
+            if tied:
                 cpu_bytes["embedding"] += n * tb / t.rows
         if t.cls == "router":
             cpu_flops["moe_router"] += f

@@ -14,6 +14,12 @@ A recipe file (YAML or JSON) starts from a preset and overrides::
     base: q4_0
     weights: {output: q8_0}
     kv_cache: int8
+
+A built artifact is costed as written, not as its preset describes: ``as_written`` takes the
+per-class bytes and parameter counts its writer records in the manifest (``weights``) and costs
+every tensor class at the bits per weight the file actually stores::
+
+    r = as_written("w4a16", manifest["artifacts"][0]["weights"])
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ from pathlib import Path
 
 from edge.errors import ConfigError
 from edge.errors import did_you_mean as _hint  # the one did-you-mean, under the name this file calls
+from edge.recipes import KV_ALIASES
+from edge.recipes import PRESETS as PRESET_ROWS
 from edge.sim.sparsity import parse_nm
 
 
@@ -116,6 +124,11 @@ class Recipe:
     # hybrid quantization: the fraction of the decoder's linear MACs an accelerator leaves to the CPU
     # in float (nodes its toolchain does not quantize, e.g. W8A8 groups kept in float on an int8 NPU)
     cpu_linear_fraction: float = 0.0
+    # an artifact as written (as_written): class -> bits per weight measured from the file, replacing
+    # the storage type's; and whether it stores the embedding table apart from the head although the
+    # model ties them (an ONNX Gather table next to the head's MatMul weight, a .pte's untied head)
+    stored_bits: Mapping[str, float] = field(default_factory=dict)
+    separate_embedding: bool = False
 
     @property
     def preset(self) -> str:
@@ -129,6 +142,10 @@ class Recipe:
             if t not in QUANT_TYPES:
                 raise ConfigError(f"recipe {self.name}: unknown storage type '{t}' for {cls}{_hint(t, QUANT_TYPES)}; "
                                   f"allowed: {', '.join(QUANT_TYPES)}")
+        for cls, bits in self.stored_bits.items():
+            if cls not in TENSOR_CLASSES or not bits > 0:
+                raise ConfigError(f"recipe {self.name}: stored bits {bits!r} for '{cls}': needs a tensor class "
+                                  f"({', '.join(TENSOR_CLASSES)}) and a positive number")
         missing = [c for c in TENSOR_CLASSES if c not in self.weights]
         if missing:
             raise ConfigError(f"recipe {self.name}: no storage type for {', '.join(missing)}")
@@ -162,10 +179,15 @@ class Recipe:
         return q
 
     def tensor_bytes(self, cls: str, rows: int, cols: int, layer: int = 0, n_layers: int = 1) -> float:
-        b = rows * self.type_for(cls, layer, n_layers, cols).row_size(cols)
+        if cls in self.stored_bits:
+            bits = self.stored_bits[cls]
+            b = rows * cols * bits / 8
+        else:
+            bits = self.type_for(cls, layer, n_layers, cols).bits_per_weight
+            b = rows * self.type_for(cls, layer, n_layers, cols).row_size(cols)
         if self.sparsity and cls in _LINEAR:
             kept = 1 - self.sparsity
-            b *= kept * (1 + self.sparsity_index_bits / self.type_for(cls, layer, n_layers, cols).bits_per_weight)
+            b *= kept * (1 + self.sparsity_index_bits / bits)
         return b
 
     @property
@@ -178,7 +200,7 @@ class Recipe:
 
     def nominal_bits(self) -> float:
         """Bits per weight of the linear layers, as a recipe is usually quoted."""
-        return QUANT_TYPES[self.weights["ffn_up"]].bits_per_weight
+        return self.stored_bits.get("ffn_up") or QUANT_TYPES[self.weights["ffn_up"]].bits_per_weight
 
 
 def _all(linear: str, *, embedding: str, output: str, norm: str = "f32", router: str = "") -> dict[str, str]:
@@ -187,28 +209,48 @@ def _all(linear: str, *, embedding: str, output: str, norm: str = "f32", router:
     return d
 
 
-# preset name -> Recipe. The table a user reads to see what each preset costs (bits per weight
-# of the linear layers in the comment; edge.sim.recipes.preset_table() prints all of it).
-PRESETS: dict[str, Recipe] = {r.name: r for r in (
-    Recipe("fp32", _all("f32", embedding="f32", output="f32"), "fp32", "fp32",
-           note="32 bpw; llama.cpp ALL_F32 (its KV cache stays f16 unless asked)"),
-    Recipe("fp16", _all("f16", embedding="f16", output="f16"), "fp16", "fp16", note="16 bpw"),
-    Recipe("bf16", _all("bf16", embedding="bf16", output="bf16", norm="bf16"), "bf16", "bf16",
-           note="16 bpw; torch bf16 end to end"),
-    Recipe("q8_0", _all("q8_0", embedding="q8_0", output="q8_0"), "int8", "fp16",
-           note="8.5 bpw; llama.cpp MOSTLY_Q8_0, activations quantized to q8 inside the dot products"),
-    Recipe("q4_0", _all("q4_0", embedding="q4_0", output="q6_k"), "int8", "fp16",
+# preset name -> Recipe, built from the one preset table (edge.recipes.PRESETS: the cost model of each
+# row; edge.sim.recipes.preset_table() prints it). Norms are f32 unless a row says otherwise.
+PRESETS: dict[str, Recipe] = {p.name: Recipe(p.name, {"norm": "f32", **p.cost}, p.activations, p.kv_cache,
+                                             more_bits=p.more_bits, note=p.cost_note)
+                              for p in PRESET_ROWS.values()}
+
+
+# llama.cpp's own mixes (llama-quantize), for GGUF files llama.cpp made (published benchmarks in
+# benchmarks/sim_vs_published.py); runtimes and efficiency rows match them by ``base``. The presets
+# above cost what edge writes, which differs in the embedding and head (and in q4_k_m's linears).
+LLAMACPP_MIXES: dict[str, Recipe] = {r.base: r for r in (
+    Recipe("llama.cpp-q4_0", _all("q4_0", embedding="q4_0", output="q6_k"), "int8", "fp16", base="q4_0",
            note="4.5 bpw; llama.cpp MOSTLY_Q4_0: output (or tied embedding) q6_k, q8_0 when rows % 256"),
-    Recipe("q4_k_m", _all("q4_k", embedding="q4_k", output="q6_k"), "int8", "fp16",
-           more_bits={"attn_v": "q6_k", "ffn_down": "q6_k"},
+    Recipe("llama.cpp-q4_k_m", _all("q4_k", embedding="q4_k", output="q6_k"), "int8", "fp16",
+           more_bits={"attn_v": "q6_k", "ffn_down": "q6_k"}, base="q4_k_m",
            note="~4.85 bpw; llama.cpp MOSTLY_Q4_K_M: attn_v/ffn_down q6_k in use_more_bits layers"),
-    Recipe("w4a16", _all("int4_g64", embedding="int8_channel", output="int8_channel", router="int8_channel"),
-           "int16", "fp16", note="4.25 bpw; Qualcomm-style 4-bit block weights, 16-bit activations"),
-    Recipe("w8a8", _all("int8_channel", embedding="int8_channel", output="int8_channel"), "int8", "int8",
-           note="8 bpw; int8 per-channel weights, int8 activations and KV (NPU style)"),
-    Recipe("8da4w", _all("int4_g32_f32s", embedding="int4_g32_f32s", output="int4_g32_f32s", router="int8_channel"),
-           "int8", "fp32", note="5.0 bpw; ExecuTorch/torchao 8-bit dynamic activations, int4 g32 weights"),
 )}
+
+
+def as_written(base: str | Path | Recipe, weights: Mapping) -> Recipe:
+    """``base``'s cost recipe (data types, KV cache, runtime match) with the weights as an artifact
+    stores them: ``weights`` is a writer's record (``edge.export.weights``), ``{"classes": {class:
+    {"params": n, "bytes": b, ...}}}``. Each class costs 8 * bytes / params bits per weight, so the
+    simulated weight bytes are the file's. One of embedding/output recorded: one table serves both."""
+    r = load_recipe(base)
+    classes = (weights or {}).get("classes") if isinstance(weights, Mapping) else None
+    if not classes:
+        raise ConfigError(f"recipe {r.name}: the artifact's weight record has no 'classes' (bytes per tensor "
+                          "class); rebuild the package with this edge to record them")
+    unknown = [c for c in classes if c not in TENSOR_CLASSES]
+    if unknown:
+        raise ConfigError(f"recipe {r.name}: the artifact stores tensors of class '{unknown[0]}', which the "
+                          f"simulator does not cost; classes: {', '.join(TENSOR_CLASSES)}")
+    bits = {c: 8 * v["bytes"] / v["params"] for c, v in classes.items() if v.get("params")}
+    separate = "embedding" in bits and "output" in bits
+    if not separate:  # one table: the embedding gather and the head read the same bytes
+        shared = bits.get("output", bits.get("embedding"))
+        if shared is not None:
+            bits["embedding"] = bits["output"] = shared
+    return replace(r, stored_bits=bits, separate_embedding=separate, base=r.preset,
+                   note=f"{r.note}; bits per weight as written: "
+                   + ", ".join(f"{c} {b:.3g}" for c, b in sorted(bits.items())))
 
 
 def preset_table() -> list[dict]:
@@ -275,7 +317,7 @@ def load_recipe(name_or_path: str | Path | Recipe) -> Recipe:
             weights=weights,
             more_bits=doc.get("more_bits", base.more_bits),
             activations=doc.get("activations", base.activations),
-            kv_cache=doc.get("kv_cache", base.kv_cache),
+            kv_cache=KV_ALIASES.get(kv := str(doc.get("kv_cache", base.kv_cache)), kv),  # llama.cpp's f16 too
             sparsity=float(sp) if not isinstance(sp := doc.get("sparsity", base.sparsity), str) else 0.0,
             nm_sparsity=sp if isinstance(sp, str) else base.nm_sparsity,
             sparsity_index_bits=float(doc.get("sparsity_index_bits", base.sparsity_index_bits)),

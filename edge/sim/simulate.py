@@ -291,7 +291,7 @@ def simulate(
     if rt.max_graph_bytes:
         splits = math.ceil(weights / rt.max_graph_bytes)
         biggest = max(t.copies * recipe.tensor_bytes(t.cls, t.rows, t.cols, max(t.layer, 0), spec.n_layers)
-                      for t in weight_tensors(spec))
+                      for t in weight_tensors(spec, recipe.separate_embedding))
         if biggest > rt.max_graph_bytes:
             fits, fit_binding = False, "graph-size limit"
             notes.append(f"one tensor ({biggest / 1e9:.2f} GB) exceeds {rt.name}'s graph limit "

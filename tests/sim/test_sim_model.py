@@ -10,7 +10,15 @@ import pytest
 
 from edge.errors import ConfigError
 from edge.model.spec import ModelSpec
-from edge.sim import PRESETS, QUANT_TYPES, Workload, expected_distinct_experts, load_recipe, simulate
+from edge.sim import (
+    LLAMACPP_MIXES,
+    PRESETS,
+    QUANT_TYPES,
+    Workload,
+    expected_distinct_experts,
+    load_recipe,
+    simulate,
+)
 from edge.sim.model import weight_bytes
 from edge.targets import load_target
 
@@ -38,14 +46,27 @@ def test_quant_table_bits():
 
 def test_weight_bytes_match_llamacpp_files():
     # llama.cpp's files of the built-in model: 539.8 / 144.8 / 91.7 / 105.5 MB incl. ~1.7 MB metadata
-    for recipe, mb in (("fp32", 539.8), ("q8_0", 144.8), ("q4_0", 91.7), ("q4_k_m", 105.5)):
+    # (llama-quantize's own mixes; edge's presets cost what edge writes, tested below)
+    for recipe, mb in (("fp32", 539.8), ("q8_0", 144.8), (LLAMACPP_MIXES["q4_0"], 91.7), (LLAMACPP_MIXES["q4_k_m"], 105.5)):
         got = sum(weight_bytes(SMOL, load_recipe(recipe)).values()) / 1e6
         assert got == pytest.approx(mb - 1.7, rel=0.01), recipe
 
 
-def test_q4_k_m_averages_about_4_85_bits_on_llama_8b():
-    bits = 8 * sum(weight_bytes(LLAMA8B, load_recipe("q4_k_m")).values()) / LLAMA8B.param_count()
+def test_llamacpp_q4_k_m_averages_about_4_85_bits_on_llama_8b():
+    bits = 8 * sum(weight_bytes(LLAMA8B, LLAMACPP_MIXES["q4_k_m"]).values()) / LLAMA8B.param_count()
     assert 4.7 < bits < 5.0
+
+
+@pytest.mark.parametrize("spec", [SMOL, LLAMA8B])
+@pytest.mark.parametrize("preset", ["q8_0", "q4_0", "q4_k_m"])
+def test_gguf_presets_cost_what_edge_writes(spec, preset):
+    # edge's quantization recipe says which GGML type each tensor gets; the cost preset of the same
+    # name must give the same bytes (q4_k_m is written as q5_0/q8_0: no k-quant packing).
+    from edge.quant.configs import load_recipe as load_quant_recipe
+
+    written = load_quant_recipe(preset).weight_bytes(spec)
+    costed = sum(weight_bytes(spec, load_recipe(preset)).values())
+    assert costed == pytest.approx(written, rel=1e-3)
 
 
 def test_decode_scales_with_bandwidth():
