@@ -78,6 +78,8 @@ def models_show(model: str, as_json: bool) -> None:
     click.echo(f"  arch {spec.arch}: {spec.n_layers} layers, dim {spec.dim}, heads {spec.n_heads}/{spec.n_kv_heads} "
                f"(head_dim {spec.head_dim}), ffn {spec.ffn_dim}, vocab {spec.vocab_size}, "
                f"{'tied' if spec.tie_embeddings else 'untied'} embeddings, rope theta {spec.rope_theta:g}")
+    if spec.features():
+        click.echo(f"  features: {', '.join(spec.features())}")
     if spec.is_moe:
         click.echo(f"  MoE: {spec.n_experts} experts, top-{spec.n_experts_per_tok}, expert ffn {spec.moe_ffn_dim}, "
                    f"shared ffn {spec.shared_expert_ffn_dim}, {len(spec.moe_layers)} MoE layers")

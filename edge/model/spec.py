@@ -220,6 +220,37 @@ class ModelSpec:
         """Positions a layer's KV cache holds at ``context``: a sliding layer keeps only its window."""
         return min(context, self.sliding_window) if self.is_sliding_layer(layer) else context
 
+    def features(self) -> list[str]:
+        """What sets this architecture apart from plain Llama, one phrase per feature (for people)."""
+        out = []
+        if self.qkv_bias:
+            out.append("q/k/v bias")
+        if self.qk_norm:
+            out.append("q/k norm")
+        if self.norm_offset:
+            out.append(f"({self.norm_offset:g} + w) norms")
+        if self.post_norms:
+            out.append("post-norms")
+        if self.mlp_act != "silu":
+            out.append(f"{self.mlp_act} gated MLP")
+        if self.embed_scale != 1.0:
+            out.append(f"embeddings x {self.embed_scale:.4g}")
+        if self.attn_scale:
+            out.append(f"attention scale {self.attn_scale:.4g}")
+        if self.final_logit_softcap:
+            out.append(f"logit softcap {self.final_logit_softcap:g}")
+        if self.sliding_window:
+            out.append(f"sliding window {self.sliding_window} on {len(self.sliding_layers)}/{self.n_layers} layers")
+        if self.rope_local_theta:
+            out.append(f"sliding layers' RoPE base {self.rope_local_theta:g}")
+        if self.rope_dim != self.head_dim:
+            out.append(f"RoPE on {self.rope_dim}/{self.head_dim} dims")
+        if self.rope_scaling is not None:
+            out.append(f"{self.rope_scaling.rope_type} RoPE scaling x{self.rope_scaling.factor:g}")
+        if self.nope_layers:
+            out.append(f"no RoPE on {len(self.nope_layers)}/{self.n_layers} layers")
+        return out
+
     @property
     def norms_per_layer(self) -> int:
         """Full-width (dim) RMSNorms in one layer: 2, or 4 with Gemma's post-norms."""

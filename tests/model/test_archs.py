@@ -269,3 +269,15 @@ def test_published_configs_simulate(name):
     # a model that does not fit the J5 is a verdict (exit 1, one line after the JSON), not an error
     assert r.exit_code == (0 if d["fits"] else 1), r.output
     assert ("failed fits" in r.output[end:]) == (not d["fits"])
+
+
+def test_models_show_lists_the_features():
+    from pathlib import Path
+
+    cfg = Path(__file__).resolve().parents[2] / "examples" / "models" / "gemma-3-1b" / "config.json"
+    r = CliRunner().invoke(main, ["models", "show", str(cfg)])
+    assert r.exit_code == 0, r.output
+    line = next(s for s in r.output.splitlines() if "features:" in s)
+    for want in ("q/k norm", "(1 + w) norms", "post-norms", "gelu_tanh gated MLP", "embeddings x 33.94",
+                 "attention scale 0.0625", "sliding window 512 on 22/26 layers", "sliding layers' RoPE base 10000"):
+        assert want in line, (want, line)
