@@ -30,7 +30,7 @@ def calib(n: int = 8, seq: int = 24) -> np.ndarray:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     out = {}
-    for case in ("qwen3", "qwen3_moe", "gemma3", "phi3-longrope-short", "smollm3", "mistral-sliding"):
+    for case in ("qwen3", "qwen3_moe", "gemma3", "phi3-longrope-short", "smollm3", "mistral-sliding", "qwen2-sliding"):
         path = tmp_path_factory.mktemp(case)
         make_hf_model(CONFIGS[case]()).save_pretrained(path)
         out[case] = path
@@ -44,7 +44,7 @@ def transformers_logits(path, x):
 
 
 @pytest.mark.parametrize("case", ["qwen3", "qwen3_moe", "gemma3", "phi3-longrope-short", "smollm3",
-                                  "mistral-sliding"])
+                                  "mistral-sliding", "qwen2-sliding"])
 def test_saved_checkpoint_reads_back_in_transformers(checkpoints, tmp_path, case):
     """save_model writes each arch's config and tensors (Phi-3 fused again) as transformers reads them."""
     model, spec = load_hf_checkpoint(checkpoints[case])

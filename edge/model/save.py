@@ -126,6 +126,9 @@ def hf_config(spec: ModelSpec, bos_id: int | None = None, eos_id: int | None = N
         cfg.update(attention_bias=False, mlp_bias=False)
     if spec.arch in ("mistral", "phi3"):
         cfg["sliding_window"] = window
+    if spec.arch == "qwen2":  # its q/k/v bias is built in: no attention_bias key
+        cfg.update(use_sliding_window=window is not None, sliding_window=window, max_window_layers=spec.n_layers,
+                   layer_types=layer_types)
     if spec.arch in ("qwen3", "qwen3_moe", "smollm3"):
         cfg.update(attention_bias=False, use_sliding_window=window is not None, sliding_window=window,
                    max_window_layers=spec.n_layers, layer_types=layer_types)

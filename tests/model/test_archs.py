@@ -45,6 +45,8 @@ CONFIGS = {
     "qwen3-sliding": lambda: transformers.Qwen3Config(  # layer 1 slides (i >= max_window_layers)
         **TINY, intermediate_size=96, head_dim=16, tie_word_embeddings=False, use_sliding_window=True,
         sliding_window=WINDOW, max_window_layers=1),
+    "qwen2-sliding": lambda: transformers.Qwen2Config(  # layer 1 slides (i >= max_window_layers)
+        **TINY, intermediate_size=96, use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1),
     "qwen3_moe": lambda: transformers.Qwen3MoeConfig(
         **TINY, intermediate_size=96, moe_intermediate_size=32, num_experts=6, num_experts_per_tok=2,
         norm_topk_prob=True, mlp_only_layers=[1], head_dim=16, tie_word_embeddings=False),
@@ -72,6 +74,7 @@ CONFIGS = {
 EXPECT = {
     "qwen3": dict(arch="qwen3", qk_norm=True, head_dim=32),
     "qwen3-sliding": dict(sliding_window=WINDOW, sliding_layers=(1,)),
+    "qwen2-sliding": dict(arch="qwen2", qkv_bias=True, sliding_window=WINDOW, sliding_layers=(1,)),
     "qwen3_moe": dict(arch="qwen3_moe", qk_norm=True, n_experts=6, moe_layers=(0,), shared_expert_ffn_dim=0,
                       norm_topk_prob=True),
     "gemma3": dict(arch="gemma3", norm_offset=1.0, post_norms=True, mlp_act="gelu_tanh", embed_scale=8.0,
@@ -151,7 +154,7 @@ def test_static_cache_prefill_and_decode_match_transformers(checkpoint):
     assert diff <= TOL
 
 
-@pytest.mark.parametrize("case", ["qwen3-sliding", "gemma3", "mistral-sliding"])
+@pytest.mark.parametrize("case", ["qwen2-sliding", "qwen3-sliding", "gemma3", "mistral-sliding"])
 def test_window_changes_the_logits(case, tmp_path):
     """The sliding window is not a no-op on this text: widening it to the whole text moves the
     logits past the window and nowhere before it."""
