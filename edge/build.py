@@ -25,6 +25,8 @@ from edge.package import PackageWriter
 from edge.prune import prune_loaded, read_build_recipe
 from edge.quant.configs import load_recipe as load_quant_recipe
 from edge.runtime.session import artifact_runner
+from edge.sim import as_written, simulate
+from edge.sim import load_recipe as load_cost_recipe
 from edge.targets import load_target
 
 
@@ -209,10 +211,8 @@ def simulated(spec, tp, recipe: str, runtime: str, kv_cache: str = "", cpu_fract
     tensor class, not the preset's nominal types."""
     import dataclasses
 
-    from edge.sim import as_written, load_recipe, simulate
-
     try:
-        cost = as_written(recipe, weights) if weights else load_recipe(recipe)
+        cost = as_written(recipe, weights) if weights else load_cost_recipe(recipe)
         if kv_cache:
             cost = dataclasses.replace(cost, kv_cache=kv_cache)
         if cpu_fraction:

@@ -27,6 +27,7 @@ from typing import Any
 from edge.budgets import parse_budget
 from edge.errors import ConfigError, UnknownTarget, did_you_mean
 from edge.model.spec import parse_nm
+from edge.recipes import PRESETS
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 
@@ -332,8 +333,6 @@ _CLASSES = ("phone", "sbc", "camera-soc", "automotive", "laptop", "datacenter-gp
 
 def parse_profile(doc: Any, path: str = "<profile>") -> TargetProfile:
     """Validate one profile document (the parsed YAML) and build the frozen TargetProfile."""
-    from edge.recipes import PRESETS
-
     r0 = _Reader(path, {})
     doc = r0.mapping(doc, "", _TOP, ("name", "description", "sources", "memory", "cpu", "units", "runtimes",
                                      "defaults", "efficiency"))

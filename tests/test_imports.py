@@ -41,8 +41,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("edge.search", "edge.matrix"),
     ("edge.cli",),
 )
-# Imports that still run up the layers, with what has to move for each to go
-UPWARD: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: Path) -> str:
@@ -169,11 +167,8 @@ def test_imports_run_down_the_layers():
     """Every import (top level or inside a function) goes to the same layer or a lower one."""
     bad = [f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
            for a, bs in sorted(edge_graph().items()) for b in sorted(bs)
-           if layer(b) > layer(a) and (a, b) not in UPWARD]
+           if layer(b) > layer(a)]
     assert not bad, "\n".join(bad)
-    graph = edge_graph()
-    stale = [pair for pair in UPWARD if pair[1] not in graph[pair[0]]]
-    assert not stale, f"these imports are gone; drop them from UPWARD: {stale}"
 
 
 def test_light_modules_import_no_engine_at_top_level():

@@ -40,6 +40,7 @@ from torch import nn
 from edge.cache import StageCache, code_hash, model_code, model_hash, tool_versions
 from edge.errors import ConfigError, EdgeError, require_one_of
 from edge.export import ToolWarnings
+from edge.export.weights import WeightTally, class_of
 from edge.model.llama import rope_rotation
 from edge.runtime.executorch import load_custom_ops
 
@@ -262,8 +263,6 @@ def pte_weights(dec: PteDecoder, cfg: PteConfig, path: Path) -> dict:
     holds in named data and constant buffers (weights, RoPE tables and constants), read back from
     ``path``, against which the record is checked in tests/sim/test_artifact_bytes.py."""
     from executorch.exir._serialize._program import deserialize_pte_binary
-
-    from edge.export.weights import WeightTally, class_of
 
     bits = PTE_QUANT[cfg.quant][1]
     t = WeightTally()

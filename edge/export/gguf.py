@@ -257,8 +257,6 @@ def gguf_preflight(spec, source) -> None:
     arch_keys(spec)
     src = tokenizer_source(source)
     if "tokenizer_dir" in src:
-        from edge.model.tokenizer import gguf_vocab_from_hf
-
         gguf_vocab_from_hf(src["tokenizer_dir"])
 
 

@@ -37,6 +37,7 @@ from edge.export.onnx_graph import (
     weight_digest,
 )
 from edge.export.qdq16 import export_w4a16
+from edge.export.weights import onnx_weights
 from edge.quant.w8a8 import W8A8Config, W8A8Plan, groups_of, prepare_w8a8
 
 # the configuration and the RoPE tables callers pass to the runner, from the module that defines them
@@ -118,7 +119,6 @@ def export_onnx(model: nn.Module, out_dir: str | Path, cfg: OnnxConfig = OnnxCon
         want = sum(len(lins) for lins in groups_of(m).values())
         if n_q != want:
             raise EdgeError(f"QDQ: {n_q} of the {want} linears were found in the exported graph")
-    from edge.export.weights import onnx_weights
 
     return OnnxExport(files, layout, time.perf_counter() - t0, n_q, reason,
                       plan.summary() if plan is not None else None, tw.lines(), onnx_weights(out_dir / f for f in files))

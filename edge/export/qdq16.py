@@ -45,6 +45,7 @@ from edge.errors import ConfigError, EdgeError
 from edge.export import ToolWarnings
 from edge.export import onnx_graph as ox
 from edge.export.onnx_graph import weight_digest
+from edge.export.weights import onnx_weights
 from edge.quant.configs import load_recipe
 from edge.quant.quantize import quantize as quantize_weights
 from edge.runtime.onnxruntime import OnnxRunner
@@ -318,7 +319,6 @@ def export_w4a16(model: nn.Module, out_dir: str | Path, cfg, stem: str = "model"
                            "formats": formats,
                            "other_constants": "int16 per tensor (norm weights, RoPE rotation, embedding table)",
                            "activations": "uint16 per tensor, MinMax on the calibration prefills"}}
-    from edge.export.weights import onnx_weights
 
     return ox.OnnxExport(files, layout, time.perf_counter() - t0, sum(counts.values()), reason, warnings=tw.lines(),
                          weights=onnx_weights(out_dir / f for f in files))
