@@ -160,34 +160,47 @@ class Shapes:
         )
 
 
-def shaped_spec(spec: ModelSpec, s: Shapes, kept_layers: list[int] | None = None) -> ModelSpec:
-    """``spec`` with the kept shapes (MoE layer indices renumbered when layers go)."""
-    moe_layers, sliding, nope = spec.moe_layers, spec.sliding_layers, spec.nope_layers
-    if kept_layers is not None:  # per-layer features follow their layers to the new indices
-        def renumber(layers):
-            return tuple(i for i, j in enumerate(kept_layers) if j in layers)
+def planned_layers(spec: ModelSpec, n_layers: int) -> list[int]:
+    """The layers a plan of ``n_layers`` counts with, before importance picks the real ones: the first
+    ones, keeping an MoE model's MoE/dense mix proportional (exact for all-MoE and all-dense models)."""
+    if not spec.is_moe or n_layers >= spec.n_layers:
+        return list(range(min(n_layers, spec.n_layers)))
+    n_moe = round(len(spec.moe_layers) / spec.n_layers * n_layers)
+    kept = [j for j in range(spec.n_layers) if j in spec.moe_layers][:n_moe]
+    kept += [j for j in range(spec.n_layers) if j not in spec.moe_layers][: n_layers - n_moe]
+    return sorted(kept)
 
-        moe_layers = renumber(spec.moe_layers) if spec.is_moe else ()
-        sliding, nope = renumber(spec.sliding_layers), renumber(spec.nope_layers)
+
+def shaped_spec(spec: ModelSpec, s: Shapes, kept_layers: list[int] | None = None) -> ModelSpec:
+    """``spec`` with the kept shapes. When layers go, the per-layer lists (``moe_layers``,
+    ``sliding_layers``, ``nope_layers``) are renumbered to the kept layers' new positions
+    (``kept_layers``: original indices; None: ``planned_layers``); a model left with no MoE layer is
+    dense, one left with no sliding-window layer has no window."""
+    if kept_layers is None:
+        kept_layers = planned_layers(spec, s.n_layers)
+
+    def renumber(layers: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(i for i, j in enumerate(kept_layers) if j in layers)
+
+    per_layer: dict = {"nope_layers": renumber(spec.nope_layers)}
+    if spec.sliding_window:
+        sliding = renumber(spec.sliding_layers)
+        per_layer |= {"sliding_layers": sliding} if sliding else {"sliding_layers": (), "sliding_window": 0}
+    if spec.is_moe:
+        moe_layers = renumber(spec.moe_layers)
+        per_layer |= {"moe_layers": moe_layers, "n_experts": s.n_experts, "n_experts_per_tok": s.n_experts_per_tok}
+        if not moe_layers:  # only dense layers kept (ModelSpec reads an empty moe_layers as "every layer")
+            per_layer |= {"n_experts": 0, "n_experts_per_tok": 0, "moe_ffn_dim": 0,
+                          "shared_expert_ffn_dim": 0, "shared_expert_gate": False}
     return spec.with_(
         n_layers=s.n_layers, n_heads=s.n_heads, n_kv_heads=s.n_kv_heads, ffn_dim=s.ffn_dim,
-        n_experts=s.n_experts, n_experts_per_tok=s.n_experts_per_tok, moe_layers=moe_layers,
-        head_dim=spec.head_dim, sliding_layers=sliding, nope_layers=nope,
-        sliding_window=spec.sliding_window if sliding else 0,
+        head_dim=spec.head_dim, **per_layer,
     )  # fmt: skip
 
 
 def shape_params(spec: ModelSpec, s: Shapes) -> int:
-    """Parameter count of ``spec`` pruned to ``s`` (first layers kept: counts do not depend on which)."""
-    kept = list(range(s.n_layers))
-    if spec.is_moe and s.n_layers < spec.n_layers:
-        # keep the MoE/dense mix proportional: exact for all-MoE and all-dense models
-        moe_frac = len(spec.moe_layers) / spec.n_layers
-        n_moe = round(moe_frac * s.n_layers)
-        kept = [j for j in range(spec.n_layers) if j in spec.moe_layers][:n_moe]
-        kept += [j for j in range(spec.n_layers) if j not in spec.moe_layers][: s.n_layers - n_moe]
-        kept.sort()
-    return shaped_spec(spec, s, kept).param_count()
+    """Parameter count of ``spec`` pruned to ``s`` (``planned_layers``: counts do not depend on which)."""
+    return shaped_spec(spec, s).param_count()
 
 
 def check_shapes(spec: ModelSpec, s: Shapes) -> None:

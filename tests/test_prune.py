@@ -155,12 +155,12 @@ def test_save_refuses_to_overwrite(pruned_dir, builtin_tokenizer):
 
 
 # ---- MoE: expert pruning against transformers ----------------------------------------------------
-def tiny_moe(arch: str = "mixtral"):
+def tiny_moe(arch: str = "mixtral", n_layers: int = 2):
     """A random transformers Mixtral, or a Qwen2-MoE with a gated shared expert and a dense layer 0."""
     import transformers
 
     common = dict(
-        vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=128, hidden_size=64, num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=128, rms_norm_eps=1e-6, tie_word_embeddings=False, num_experts_per_tok=2,
     )  # fmt: skip
     if arch == "mixtral":
@@ -235,6 +235,55 @@ def test_moe_saved_dir_loads_in_transformers_and_lower_top_k(tmp_path, arch):
     with torch.no_grad():
         assert (back(x).logits - res.model(x)).abs().max().item() <= TOL
         assert (ours(x) - res.model(x)).abs().max().item() == 0
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2_moe"])
+def test_moe_depth_pruning_renumbers_moe_layers(tmp_path, arch):
+    """Removing layers from an MoE model renumbers the kept layers' moe_layers (a Qwen2-MoE with a
+    dense layer 0 and 3 MoE layers, 2 kept), records the removed layers, and the saved directory
+    computes the same in transformers; the plan's spec (before importance picks layers) is valid too."""
+    import transformers
+
+    from edge.model.hf import load_hf_checkpoint
+    from edge.model.save import save_model
+    from edge.prune import shaped_spec
+
+    hf = tiny_moe(arch, n_layers=4)
+    hf.save_pretrained(tmp_path / "full")
+    model, spec = load_hf_checkpoint(tmp_path / "full")
+    assert spec.moe_layers == ((0, 1, 2, 3) if arch == "mixtral" else (1, 2, 3))
+    cfg = PruneConfig(n_layers=2, recovery="none")
+    assert shaped_spec(spec, plan_shapes(spec, cfg)).n_layers == 2
+    res = prune(model, cfg, calib(128))
+    kept = res.report["selection"]["layers"]
+    want = tuple(i for i, j in enumerate(kept) if j in spec.moe_layers)
+    assert len(kept) == 2 and (res.spec.moe_layers == want if want else not res.spec.is_moe)
+    assert json.loads(dict(res.spec.pruning)["layers_removed"]) == [j for j in range(4) if j not in kept]
+    save_model(res.model, res.spec, None, tmp_path / "pruned")
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "pruned", attn_implementation="eager")
+    x = torch.tensor(calib(128, 2, 24))
+    with torch.no_grad():
+        assert (back(x).logits - res.model(x)).abs().max().item() <= TOL
+
+
+def test_depth_pruning_leaving_only_dense_layers():
+    """An MoE spec whose kept layers are all dense becomes a dense spec (an empty moe_layers would
+    read as "every layer MoE"); moe_layers and sliding_layers follow the kept layers' new positions."""
+    import dataclasses
+
+    from edge.prune import Shapes, shaped_spec
+
+    spec = ModelSpec(arch="qwen2_moe", vocab_size=96, dim=64, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=96,
+                     n_experts=4, n_experts_per_tok=2, moe_ffn_dim=32, shared_expert_ffn_dim=48,
+                     moe_layers=(1, 3), sliding_window=16, sliding_layers=(0, 3))  # fmt: skip
+    s = Shapes.of(spec)
+    two = shaped_spec(spec, dataclasses.replace(s, n_layers=2), [0, 3])
+    assert two.moe_layers == (1,) and two.sliding_layers == (0, 1) and two.n_experts == 4
+    dense = shaped_spec(spec, dataclasses.replace(s, n_layers=2), [0, 2])
+    assert not dense.is_moe and dense.moe_layers == () and dense.shared_expert_ffn_dim == 0
+    assert dense.sliding_layers == (0,) and dense.sliding_window == 16
+    no_window = shaped_spec(spec, dataclasses.replace(s, n_layers=1), [1])
+    assert no_window.sliding_window == 0 and no_window.moe_layers == (0,)
 
 
 # ---- bad input: one line each ----------------------------------------------------------------------
