@@ -2,8 +2,8 @@
 
 Measures what the simulator reads: cores, caches and clock (from /proc and /sys), memory
 (/proc/meminfo), streaming memory bandwidth (numpy copies and reads on all cores), fp32 matmul
-throughput (numpy's BLAS) and int8 matmul throughput (onnxruntime's MatMulInteger, when it is
-installed). numpy and onnxruntime are imported here only::
+throughput (numpy's BLAS) and int8 matmul throughput (onnxruntime's MatMulInteger; an install
+where it does not import is an error, not a rate of 0). numpy and onnxruntime are imported here only::
 
     from edge.probe import probe, profile_yaml
     m = probe()                    # dict of measurements
@@ -18,6 +18,8 @@ import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from edge.errors import EdgeError
 
 
 def _read(path: str) -> str:
@@ -99,13 +101,17 @@ def measure_matmul_fp32(n: int = 1024, repeats: int = 5) -> float:
 
 
 def measure_matmul_int8(n: int = 1024, repeats: int = 5, threads: int = 0) -> float:
-    """int8 x int8 -> int32 ops/s through onnxruntime's MatMulInteger; 0.0 when it is not installed."""
+    """uint8 x int8 -> int32 ops/s through onnxruntime's MatMulInteger. onnxruntime and onnx are
+    dependencies of edge: when either does not import, this raises (the cause chained) rather than
+    report a rate of 0, which a profile would carry as a measured figure."""
+    import numpy as np
+
     try:
-        import numpy as np
         import onnxruntime as ort
         from onnx import TensorProto, helper
-    except ImportError:
-        return 0.0
+    except ImportError as e:
+        raise EdgeError(f"int8 matmul rate not measured: {e} (onnxruntime and onnx are dependencies of edge); "
+                        "reinstall them: pip install --force-reinstall edge") from e
     a = helper.make_tensor_value_info("A", TensorProto.UINT8, [n, n])
     b = helper.make_tensor_value_info("B", TensorProto.INT8, [n, n])
     y = helper.make_tensor_value_info("Y", TensorProto.INT32, [n, n])
