@@ -6,6 +6,18 @@ its parts in sequence; a fixed-shape graph gets its token chunk padded at the en
 cache slots lie past the last real position, so no real query ever attends to them).
 
     r = OnnxRunner("pkg/", layout); r.logits([1, 2, 3]).shape   # (3, vocab)
+
+QDQ int8 graphs (``qdq-w8a8``) run with ONNX Runtime's QDQ fusion off (``REFERENCE_QDQ``): every
+QuantizeLinear rounds and saturates exactly, the int8 weights are dequantized once, and the MatMuls
+run in float, which is what an NPU accumulating in int32 computes (up to float summation order). The
+fused int8 kernels instead depend on the host's instruction set: on x86-64 with AVX2 and no VNNI,
+MLAS multiplies uint8 x int8 with VPMADDUBSW, whose adjacent-pair sums saturate at int16, and
+codes of 255 x 127 pass it (ONNX Runtime's quantization guide, "When and why do I need to try
+U8U8?": https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html). On the
+tiny test model's graph that moved each int8 MatMul's output by 4-32% of its range and the logits
+by up to 1.41 on an AVX2 EPYC, while the same graph computed exactly on a VNNI host. A
+package's accuracy figure must not depend on the machine that measured it, so the reference is the
+default; ``fused_qdq=True`` (the host speed benchmarks only, labelled there) keeps the fused kernels.
 """
 
 from __future__ import annotations
@@ -18,12 +30,30 @@ import numpy as np
 from edge.errors import ConfigError, ModelLoadError
 from edge.runtime.base import decode_stream, greedy_generate
 
+# dtype -> session config entries that give the exact reference semantics (see the module docstring)
+REFERENCE_QDQ = {"qdq-w8a8": {"session.disable_quant_qdq": "1"}}
+
+
+def session_options(ort, layout: dict, threads: int | None = None, fused_qdq: bool = False):
+    """ONNX Runtime CPU session options for a graph of ``layout``: the entries the graph needs
+    (``layout.session_config``) and, unless ``fused_qdq``, the exact int8 QDQ reference."""
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    entries = dict(layout.get("session_config", {}))  # what the graph needs of ORT (edge.export.qdq16)
+    if not fused_qdq:
+        entries |= REFERENCE_QDQ.get(layout.get("dtype"), {})
+    for k, v in entries.items():
+        opts.add_session_config_entry(k, str(v))
+    return opts
+
 
 class OnnxRunner:
     name = "onnxruntime"
 
     def __init__(self, root: str | Path, layout: dict, cos: np.ndarray, sin: np.ndarray,
-                 threads: int | None = None, providers: list | None = None):
+                 threads: int | None = None, providers: list | None = None, fused_qdq: bool = False):
         import onnxruntime as ort
 
         self.root = Path(root)
@@ -33,12 +63,8 @@ class OnnxRunner:
         self.fixed = int(layout.get("fixed_seq") or 0)
         self.float = np.float16 if layout["dtype"] == "fp16" else np.float32
         self.cos, self.sin = cos.astype(self.float), sin.astype(self.float)  # (S, hd)
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        for k, v in layout.get("session_config", {}).items():  # what the graph needs of ORT (edge.export.qdq16)
-            opts.add_session_config_entry(k, str(v))
+        self.fused_qdq = fused_qdq
+        opts = session_options(ort, layout, threads, fused_qdq)
         self.sessions = []
         for part in layout["parts"]:
             path = self.root / part["file"]

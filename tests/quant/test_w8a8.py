@@ -74,11 +74,17 @@ def test_split_channels_bypass_the_quantizer(tiny):
     assert s["macs_per_token"]["float_split_channels"] == 2 * 3 * 64  # 2 layers x 3 channels x 64 outputs
 
 
-def assert_same(got, emu):
-    """Equal up to float summation order: a value that lands on a rounding boundary may flip one
-    code, which moves the logits of that position (and later ones) slightly."""
+def assert_same(got, emu, flips=0):
+    """Equal up to float summation order. The runner computes QDQ graphs exactly (int8 rounding and
+    saturation in QuantizeLinear, float MatMuls: edge.runtime.onnxruntime.REFERENCE_QDQ), so every
+    row agrees to float32 rounding of ~3-sized logits (measured <= 1.7e-6). A value landing on a
+    rounding boundary may flip one activation code (``flips`` rows: the hybrid int16 graph has one,
+    measured 0.0096); its K/V then move the later rows slightly (measured <= 4.2e-5)."""
     row = np.abs(got - emu).max(-1)
-    assert (row < 2e-4).mean() >= 0.9 and row.max() < 0.1, row
+    if not flips:
+        assert row.max() < 2e-6, row
+    else:
+        assert (row > 5e-5).sum() <= flips and row.max() < 0.012, row
 
 
 def run_qdq(model, tmp_path, w8, fmt="onnx-qdq"):
@@ -118,7 +124,7 @@ def test_hybrid_int16_and_float_groups(tiny, tmp_path):
     from edge.quant.w8a8 import W8A8Config
     w8 = W8A8Config(keep=(("layers.0.down", "int16"), ("layers.1.qkv", "float")))
     res, got, emu = run_qdq(tiny, tmp_path, w8)
-    assert_same(got, emu)
+    assert_same(got, emu, flips=1)
     mp = onnx.load(str(tmp_path / res.files[0]))
     assert res.layout["opset"] == 21 and max(o.version for o in mp.opset_import if o.domain == "") == 21
     zps = {i.name: i.data_type for i in mp.graph.initializer if i.name.endswith(".act_zp")}
