@@ -167,6 +167,8 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
         fields = {
             "target": tp.name, "recipe": recipe, "runtime": plan.runtime,
             "model": {"name": lm.spec.name or lm.source.name, "source": lm.source.kind, "sha256": model_hash(lm.model),
+                      # where edge validate reloads the reference from: a checkpoint's name alone is not loadable
+                      **({"path": str(lm.source.path.resolve())} if lm.source.kind in ("hf", "gguf") else {}),
                       "spec": lm.spec.to_dict()},
             # only an artifact whose numbers depend on calibration text records which text
             **({"calibration": {"sha256": dataset_hash(calib_cfg), "samples": cfg.calib_samples,

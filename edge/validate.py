@@ -206,12 +206,14 @@ def _reference_name(m: dict) -> str:
 def _reference(m: dict):
     from edge.runtime.eager import TorchRunner
 
-    name = m["model"]["name"]
+    # the path the package was built from (a checkpoint directory or GGUF file), else the built-in name
+    path = m["model"].get("path")
+    name = path if path and Path(path).exists() else m["model"]["name"]
     try:
         lm = load_model(name)
     except Exception as e:
         raise ConfigError(f"validate: cannot load the reference model '{name}' named in the manifest ({e}); "
-                          "pass the reference explicitly") from e
+                          "pass it with --reference MODEL") from e
     return TorchRunner(lm.model).logits
 
 

@@ -240,10 +240,12 @@ def test_edge_build_run_validate_from_checkpoint_dir(arch, recipe, tmp_path, mon
     from edge.cli import main
 
     ckpt = tiny_checkpoint(tmp_path / f"tiny-{arch}", arch, embed_std=1.0)
-    monkeypatch.chdir(tmp_path)  # edge validate loads the reference by the name the manifest records
     cli = CliRunner()
+    monkeypatch.chdir(tmp_path)
     r = cli.invoke(main, ["build", "--model", ckpt.name, "--target", "raspberry-pi-5", "--recipe", recipe,
                           "--out", "pkg", "--max-seq", "256"])
+    # edge validate reloads the reference from the checkpoint path the manifest records, from any directory
+    monkeypatch.chdir(ckpt)
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "pkg" / "manifest.json").read_text())
     (art,) = m["artifacts"]
@@ -251,9 +253,10 @@ def test_edge_build_run_validate_from_checkpoint_dir(arch, recipe, tmp_path, mon
     ftype = gguf.GGUFReader(str(tmp_path / "pkg" / "model.gguf")).fields["general.file_type"]
     assert int(ftype.parts[ftype.data[0]][0]) == {"q4_0": 2, "q8_0": 7}[recipe]
 
-    r = cli.invoke(main, ["run", "pkg", "--prompt", "The café is", "--max-tokens", "12", "--raw"])
+    assert m["model"]["path"] == str(ckpt.resolve())
+    r = cli.invoke(main, ["run", str(tmp_path / "pkg"), "--prompt", "The café is", "--max-tokens", "12", "--raw"])
     assert r.exit_code == 0 and r.output.strip(), r.output
-    r = cli.invoke(main, ["validate", "pkg"])
+    r = cli.invoke(main, ["validate", str(tmp_path / "pkg")])
     print(arch, recipe, r.output)
     assert r.exit_code == 0 and "validate: passed" in r.output, r.output
 
