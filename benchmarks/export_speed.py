@@ -16,7 +16,9 @@ Prints a markdown table and writes benchmarks/results/export_speed.json and .md.
 build`` output: the QDQ int8 W8A8 graphs of horizon-j5 / rv1126, the QDQ w4a16 graph of
 snapdragon-8gen2), run on the host through ONNX Runtime's CPU provider with the package's own runner
 (``edge.runtime.session.artifact_runner``: checksums verified first, 2 intra-op threads like the other
-rows) and the same prompt, decode length, warm-up and medians. These graphs take a fixed T tokens per
+rows; QDQ int8 W8A8 graphs with ONNX Runtime's fused int8 kernels, ``fused_qdq``, labelled in the
+row: the runner's default, the exact path its accuracy figures use, is 1.26-1.65x slower here, see
+benchmarks/qdq_reference_speed.py) and the same prompt, decode length, warm-up and medians. These graphs take a fixed T tokens per
 call (``layout.fixed_seq``, 32) with the KV cache as explicit inputs/outputs: prefill runs the prompt
 in ceil(prompt / T) calls (the last one padded), and each decode step is one full T-token call holding
 1 real token and T-1 padding tokens (every split part in turn), so decode costs about one T-token
@@ -249,6 +251,7 @@ def package_rows(pkg: Path, lm, base: dict, prompt: list[int], n_decode: int, re
     from edge.errors import EdgeError
     from edge.model.spec import ModelSpec
     from edge.package import read_manifest, verify
+    from edge.runtime.onnxruntime import REFERENCE_QDQ
     from edge.runtime.session import artifact_runner
 
     row0 = {"name": f"package:{pkg}", "package": str(pkg), "runtime": "onnxruntime"}
@@ -272,12 +275,17 @@ def package_rows(pkg: Path, lm, base: dict, prompt: list[int], n_decode: int, re
         lay = art["layout"]
         T, parts = int(lay.get("fixed_seq") or 0), len(lay["parts"])
         art_recipe = art.get("recipe", recipe)
-        label = f"{target} package: ONNX {lay['dtype']}" + (f", T={T}" if T else "")
+        # QDQ int8 rows time ONNX Runtime's fused int8 kernels (what a host user of the graph gets);
+        # the package's accuracy figures come from the exact path (edge.runtime.onnxruntime), slower
+        # by 1.26-1.65x on the built-in model here (benchmarks/results/qdq_reference_speed_*.json)
+        fused = lay["dtype"] in REFERENCE_QDQ
+        label = (f"{target} package: ONNX {lay['dtype']}" + (f", T={T}" if T else "")
+                 + (", ORT fused int8 kernels" if fused else ""))
         row = row0 | {"name": f"package:{pkg}" + (f"#{i}" if len(arts) > 1 else ""), "artifact": label,
                       "target": target, "recipe": art_recipe, "dtype": lay["dtype"], "fixed_seq": T,
                       "parts": parts, "device_runtime": art.get("device_runtime")}
         try:
-            runner = artifact_runner(pkg, art, threads=THREADS)
+            runner = artifact_runner(pkg, art, threads=THREADS, fused_qdq=fused)
         except EdgeError as e:
             rows.append(row | {"missing": True, "note": f"not measured: {e}"})
             continue

@@ -22,14 +22,15 @@ from edge.runtime.llamacpp import LlamaCppRunner
 from edge.runtime.onnxruntime import OnnxRunner
 
 
-def artifact_runner(pkg: Path, art: dict, threads: int | None = None):
-    """The runner for one manifest artifact (files already verified)."""
+def artifact_runner(pkg: Path, art: dict, threads: int | None = None, fused_qdq: bool = False):
+    """The runner for one manifest artifact (files already verified); ``fused_qdq``: ONNX Runtime's
+    host-dependent fused int8 kernels for QDQ graphs (speed benchmarks only, see OnnxRunner)."""
     rt = art["runtime"]
     if rt == "executorch":
         return PteRunner(pkg / art["files"][0])
     if rt == "onnxruntime":
         cos, sin = np.load(pkg / "rope.npy")
-        return OnnxRunner(pkg, art["layout"], cos, sin, threads=threads)
+        return OnnxRunner(pkg, art["layout"], cos, sin, threads=threads, fused_qdq=fused_qdq)
     if rt == "llama.cpp":
         # the KV cache type the recipe chose (an int8 cache is part of the accuracy the package reports)
         return LlamaCppRunner(pkg / art["files"][0], n_ctx=512, n_threads=threads, kv_type=art.get("kv_cache", "fp16"))
