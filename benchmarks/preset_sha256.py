@@ -6,7 +6,9 @@ to show a change leaves the artifacts of unchanged presets byte-identical.
     python benchmarks/preset_sha256.py --compare before.json after.json   # -> benchmarks/results/preset_sha256.json
 
 Per artifact file its sha256; for a GGUF also the sha256 of its tensor data and of each metadata value,
-so a difference is named (a key) rather than only seen. The model is the tests' tiny one (2 layers,
+so a difference is named (a key) rather than only seen; for an ONNX graph also its sha256 without the
+stack traces torch.onnx records, which hold the exporting checkout's file paths and line numbers (so
+two checkouts of the same code write different .onnx bytes). The model is the tests' tiny one (2 layers,
 dim 64; the GGUF presets on a tiny GGUF with the built-in tokenizer), the build config a test's.
 """
 
@@ -42,6 +44,15 @@ def digests(pkg: Path, files: list[str]) -> dict:
     out = {}
     for f in files:
         out[f] = sha((pkg / f).read_bytes())
+        if f.endswith(".onnx"):  # torch.onnx records stack traces: this checkout's paths and line numbers
+            import onnx
+
+            mp = onnx.load(str(pkg / f))
+            for n in mp.graph.node:
+                keep = [p for p in n.metadata_props if p.key != "pkg.torch.onnx.stack_trace"]
+                del n.metadata_props[:]
+                n.metadata_props.extend(keep)
+            out[f + ":without-stack-traces"] = sha(mp.SerializeToString(deterministic=True))
         if f.endswith(".gguf"):
             import gguf
 
@@ -52,7 +63,7 @@ def digests(pkg: Path, files: list[str]) -> dict:
     return out
 
 
-def run(out: Path) -> None:
+def run(out: Path, only: list[str]) -> None:
     import edge
     from edge.build import BuildConfig, build_package
     from edge.model.load import load_model
@@ -67,6 +78,8 @@ def run(out: Path) -> None:
         write_tiny_gguf(src)
         for target, recipe, runtime in BUILDS:
             key = f"{target}/{recipe}/{runtime or 'default'}"
+            if only and not any(o in key for o in only):
+                continue
             lm = load_model(str(src)) if runtime == "llama.cpp" else tiny_loaded()
             try:
                 pkg = build_package(lm, target, recipe, Path(tmp) / key.replace("/", "-"), runtime,
@@ -81,7 +94,7 @@ def run(out: Path) -> None:
     out.write_text(json.dumps({"edge": str(Path(edge.__file__).parent), "builds": rows}, indent=1) + "\n")
 
 
-def compare(a: Path, b: Path) -> None:
+def compare(a: Path, b: Path, note: str = "") -> None:
     before, after = json.loads(a.read_text())["builds"], json.loads(b.read_text())["builds"]
     rows = []
     for key in before:
@@ -91,7 +104,7 @@ def compare(a: Path, b: Path) -> None:
         rows.append({"build": key, "identical": not differ, "files": {f: x[f] for f in files}, "differ": differ})
         print(f"{key:45} {'identical' if not differ else 'DIFFER: ' + ', '.join(differ)}")
     res = ROOT / "benchmarks/results/preset_sha256.json"
-    res.write_text(json.dumps({"what": __doc__.split("\n\n")[0], "rows": rows}, indent=1) + "\n")
+    res.write_text(json.dumps({"what": __doc__.split("\n\n")[0], "note": note, "rows": rows}, indent=1) + "\n")
     print("wrote", res)
 
 
@@ -99,5 +112,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path)
     ap.add_argument("--compare", nargs=2, type=Path)
+    ap.add_argument("--only", nargs="*", default=[], help="builds whose key contains one of these")
+    ap.add_argument("--note", default="", help="with --compare: what the two trees are, written to the results")
     args = ap.parse_args()
-    compare(*args.compare) if args.compare else run(args.out)
+    compare(*args.compare, args.note) if args.compare else run(args.out, args.only)
