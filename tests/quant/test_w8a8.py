@@ -77,14 +77,16 @@ def test_split_channels_bypass_the_quantizer(tiny):
 def assert_same(got, emu, flips=0):
     """Equal up to float summation order. The runner computes QDQ graphs exactly (int8 rounding and
     saturation in QuantizeLinear, float MatMuls: edge.runtime.onnxruntime.REFERENCE_QDQ), so every
-    row agrees to float32 rounding of ~3-sized logits (measured <= 1.7e-6). A value landing on a
-    rounding boundary may flip one activation code (``flips`` rows: the hybrid int16 graph has one,
-    measured 0.0096); its K/V then move the later rows slightly (measured <= 4.2e-5)."""
+    row agrees to float32 rounding of ~3-sized logits (measured <= 1.7e-6 on an AVX2 EPYC and on an
+    AVX-512 VNNI Xeon). A value landing on a rounding boundary may flip one activation code
+    (``flips`` rows): the hybrid int16 graph has one, which one depends on the host's float order
+    (measured 0.0096 on the EPYC, 0.0204 on the Xeon); its K/V then move the later rows slightly
+    (measured <= 4.2e-5 on both)."""
     row = np.abs(got - emu).max(-1)
     if not flips:
         assert row.max() < 2e-6, row
     else:
-        assert (row > 5e-5).sum() <= flips and row.max() < 0.012, row
+        assert (row > 5e-5).sum() <= flips and row.max() < 0.025, row
 
 
 def run_qdq(model, tmp_path, w8, fmt="onnx-qdq"):
