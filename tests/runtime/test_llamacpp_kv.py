@@ -25,5 +25,5 @@ def test_int8_kv_cache_is_quantized_and_close(builtin_f32_gguf, heldout_text):
 
 
 def test_unknown_kv_type_is_one_line(builtin_f32_gguf):
-    with pytest.raises(ModelLoadError, match="KV cache type 'int4' unknown; llama.cpp takes f32, f16, q8_0, int8"):
+    with pytest.raises(ModelLoadError, match="KV cache type 'int4' unknown; llama.cpp takes fp32, fp16, int8"):
         LlamaCppRunner(builtin_f32_gguf, n_ctx=64, kv_type="int4")
