@@ -327,7 +327,24 @@ def export_part(part: OnnxPart, path: Path, cfg: OnnxConfig, spec, dtype: torch.
                                      optimize=True, verbose=False)
         except Exception as e:
             raise EdgeError(f"ONNX export (opset {fmt.opset}) failed: {root_cause(e)}") from e
+    strip_host_metadata(prog.model)
     prog.save(str(path), external_data=False)
+
+
+# node metadata torch.onnx writes that names files on the exporting machine (Python stack traces with
+# the checkout's paths and line numbers): the same model and recipe must give the same bytes anywhere
+HOST_METADATA = ("pkg.torch.onnx.stack_trace",)
+
+
+def strip_host_metadata(model) -> None:
+    """Drop HOST_METADATA from every node of an onnx_ir model (main graph, subgraphs, functions)."""
+    import onnx_ir as ir
+
+    graphs = [model.graph, *model.functions.values()]
+    for g in graphs:
+        for node in ir.traversal.RecursiveGraphIterator(g):
+            for key in HOST_METADATA:
+                node.metadata_props.pop(key, None)
 
 
 def check_format(path: Path, fmt: OnnxFormat) -> None:

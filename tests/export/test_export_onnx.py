@@ -3,6 +3,8 @@ parts, QDQ W8A8 on the weight MatMuls only, and the graph-size error."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -40,6 +42,21 @@ def test_prefill_and_decode_match_torch(tiny, tmp_path, dtype, atol):
     np.testing.assert_allclose(decode_logits(r), ref, atol=atol)
     assert r.generate(TOKENS[:4], 6) == TorchRunner(tiny).generate(TOKENS[:4], 6)
     assert len(r.generate(TOKENS[:4], 100)) == 32 - 4 + 1  # until the 32-slot cache is full, then the last pick
+
+
+def test_graph_names_no_file_of_the_exporting_machine(tiny, tmp_path):
+    """torch.onnx stores Python stack traces (this checkout's paths) in node metadata; the writer drops
+    them so the same model gives the same bytes from any checkout."""
+    import onnx
+
+    import edge
+    from edge.export.onnx import OnnxConfig
+
+    run(tiny, tmp_path, OnnxConfig(max_seq=32))
+    data = (tmp_path / "model.onnx").read_bytes()
+    assert str(Path(edge.__file__).parent).encode() not in data and str(Path(torch.__file__).parent).encode() not in data
+    mp = onnx.load(str(tmp_path / "model.onnx"))
+    assert any(p.key == "namespace" for n in mp.graph.node for p in n.metadata_props)  # module scopes stay
 
 
 def test_opset11_fixed_shapes_split_by_size(tiny, tmp_path):
