@@ -79,3 +79,20 @@ def tiny_arch(name: str, seed: int = 0):
         for p in m.parameters():
             p.normal_(0.0 if p.dim() > 1 or spec.norm_offset else 1.0, 0.1)
     return m.requires_grad_(False)
+
+
+def assert_matches_transformers(hf, path, x, tol: float, label: str) -> None:
+    """Our model loaded from the checkpoint at ``path`` gives transformers' logits on tokens ``x`` within
+    ``tol``, and counts the same parameters (transformers counts a tied weight once)."""
+    import torch
+
+    from edge.model.hf import load_hf_checkpoint
+
+    model, spec = load_hf_checkpoint(path)
+    with torch.no_grad():
+        want, got = hf(x).logits, model(x)
+    assert want.std() > 0.3  # logits large enough for the tolerance to mean something
+    diff = (got - want).abs().max().item()
+    print(f"{label}: max |logit diff| no cache {diff:.2e}")
+    assert diff <= tol
+    assert spec.param_count() == model.num_params() == sum(p.numel() for p in hf.parameters())

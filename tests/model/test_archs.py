@@ -24,6 +24,7 @@ from edge.cli import main
 from edge.errors import ConfigError, ModelLoadError, UnsupportedArchitecture
 from edge.model.hf import load_hf_checkpoint
 from edge.model.spec import ModelSpec
+from tests.tinymodels import assert_matches_transformers
 
 # measured max |logit diff| 1.3e-6 .. 2.8e-6 over the cases (fp32, 2 x 16 tokens); 1e-5 leaves room for
 # other BLAS builds and stays 10x under the 1e-4 the loader promises
@@ -122,19 +123,9 @@ def test_spec_features(checkpoint):
         assert got == pytest.approx(want) if isinstance(want, float) else got == want, (field, got, want)
 
 
-@torch.no_grad()
 def test_logits_match_transformers(checkpoint):
     case, hf, path = checkpoint
-    model, spec = load_hf_checkpoint(path)
-    x = tokens()
-    want = hf(x).logits
-    got = model(x)
-    assert want.std() > 0.3  # logits large enough for TOL to mean something
-    diff = (got - want).abs().max().item()
-    print(f"{case}: max |logit diff| no cache {diff:.2e}")
-    assert diff <= TOL
-    n_hf = sum(p.numel() for p in hf.parameters())  # transformers counts a tied weight once
-    assert spec.param_count() == model.num_params() == n_hf
+    assert_matches_transformers(hf, path, tokens(), TOL, case)
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from edge.errors import ModelLoadError, UnsupportedArchitecture
 from edge.model.hf import load_hf_checkpoint
+from tests.tinymodels import assert_matches_transformers
 
 TOL = 1e-4
 TINY = dict(
@@ -82,19 +83,9 @@ def tokens(batch: int = 2, seq: int = 16) -> torch.Tensor:
     return torch.randint(0, TINY["vocab_size"], (batch, seq), generator=torch.Generator().manual_seed(1))
 
 
-@torch.no_grad()
 def test_logits_match_transformers(checkpoint):
     hf, path = checkpoint
-    model, spec = load_hf_checkpoint(path)
-    x = tokens()
-    want = hf(x).logits
-    got = model(x)
-    assert want.std() > 0.3  # logits large enough for TOL to mean something
-    diff = (got - want).abs().max().item()
-    print(f"{path.name}: max |logit diff| {diff:.2e}")
-    assert diff <= TOL
-    n_hf = sum(p.numel() for p in hf.parameters())  # transformers counts a tied weight once
-    assert spec.param_count() == model.num_params() == n_hf
+    assert_matches_transformers(hf, path, tokens(), TOL, path.name)
 
 
 @torch.no_grad()
