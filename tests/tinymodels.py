@@ -64,6 +64,13 @@ def tiny_arch_spec(name: str):
         "phi3": dict(arch="phi3", rope_dim=8, tie_embeddings=False),
         "smollm3": dict(arch="smollm3", n_layers=4, nope_layers=(1, 3)),
         "mistral-sliding": dict(arch="mistral", sliding_window=5),
+        # 4 experts top-2 with normalised top-k (Qwen3-MoE); raw top-k gates, a sigmoid-gated shared
+        # expert, q/k/v bias and a dense first layer (Qwen2-MoE)
+        "qwen3-moe": dict(arch="qwen3_moe", qk_norm=True, head_dim=32, norm_eps=1e-6, n_experts=4,
+                          n_experts_per_tok=2, moe_ffn_dim=32, norm_topk_prob=True),
+        "qwen2-moe": dict(arch="qwen2_moe", qkv_bias=True, n_experts=4, n_experts_per_tok=2, moe_ffn_dim=32,
+                          norm_topk_prob=False, shared_expert_ffn_dim=64, shared_expert_gate=True,
+                          moe_layers=(1,)),
     }
     return ModelSpec(**{**base, **feats[name]})
 

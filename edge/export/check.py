@@ -72,9 +72,10 @@ def check(spec, target, recipe: str, runtime: str | None = None, context: int | 
                           f"{fmt} takes: {', '.join(RECIPE_OPTIONS[writer])}; {target.name} builds "
                           f"{'; '.join(buildable(target)) or 'no recipe edge writes'} (pick with --recipe, "
                           "and --runtime where a recipe runs on several)")
-    if spec.is_moe and writer != "gguf":
+    if spec.is_moe and writer != "gguf" and option not in ("fp32", "fp16"):
         raise ConfigError(f"op 'MoE MLP' (top-{spec.n_experts_per_tok} of {spec.n_experts} experts) has no "
-                          f"{fmt} lowering in edge; use a GGUF runtime (llama.cpp) for this model")
+                          f"{fmt} lowering for recipe '{recipe}' ({option}) in edge; it is written as float ONNX "
+                          "(fp32, fp16), float .pte (fp32) and GGUF (every recipe): pick one with --recipe / --runtime")
     if spec.qkv_bias and writer == "gguf":
         raise ConfigError("op 'q/k/v bias' is not written by edge's GGUF writer (llama architecture only)")
     try:

@@ -181,9 +181,6 @@ class PteDecoder(nn.Module):
     def __init__(self, model: nn.Module, max_seq: int):
         super().__init__()
         spec = model.spec
-        if spec.is_moe:
-            raise ConfigError(f"{spec.name or 'model'}: the .pte exporter handles dense models; "
-                              "this one has a mixture-of-experts MLP")
         self.max_seq = max_seq
         self.embed_tokens = model.embed_tokens
         self.embed_scale = spec.embed_scale if spec.embed_scale != 1.0 else None

@@ -199,9 +199,6 @@ class OnnxPart(nn.Module):
 def prepare(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A deep copy with norms as matmuls and IO attention; the reference model is untouched."""
     spec = model.spec
-    if spec.is_moe:
-        raise ConfigError(f"{spec.name or 'model'}: the ONNX exporter handles dense models; "
-                          "this one has a mixture-of-experts MLP")
     m = copy.deepcopy(model).eval()
     m.drop_cache()
     if dtype == torch.float16:

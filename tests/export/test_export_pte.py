@@ -88,12 +88,3 @@ def test_8da4w_matches_torchao_eager(tmp_path):
     # int8 dynamic activations round slightly differently: measured max |diff| 0.047, top-1 12 of 12
     assert np.abs(got - ref).max() < 0.057
     assert (got.argmax(-1) == ref.argmax(-1)).all()
-
-
-def test_moe_model_is_refused_by_name():
-    from edge.errors import ConfigError
-    from edge.export.executorch import export_copy
-
-    moe = tiny_model(n_experts=4, n_experts_per_tok=2, moe_ffn_dim=32)
-    with pytest.raises(ConfigError, match="mixture-of-experts"):
-        export_copy(moe, 16)

@@ -1,0 +1,77 @@
+"""Mixture-of-experts models through the float ONNX and .pte exporters, against our reference model
+(itself checked against transformers in tests/model/test_archs.py): Qwen3-MoE (q/k norms, normalised
+top-k) and Qwen2-MoE (raw top-k gates, sigmoid-gated shared expert, q/k/v bias, a dense layer among
+MoE layers). The router (softmax, topk, scatter) exports as it is: every expert runs on every token.
+Prefill then token-by-token decode; tolerances as in test_export_onnx.py / test_export_pte.py.
+Quantized options refuse MoE models by name in the build check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.tinymodels import TOKENS, tiny_arch
+
+torch = pytest.importorskip("torch")
+
+MOE = ["qwen3-moe", "qwen2-moe"]
+
+
+def decode_logits(r, n_prompt=3):
+    first = r.prefill(TOKENS[:n_prompt])
+    return np.concatenate([first] + [r.step(t, n_prompt + i)[None] for i, t in enumerate(TOKENS[n_prompt:])])
+
+
+@pytest.mark.parametrize("name", MOE)
+@pytest.mark.parametrize("dtype,atol", [("fp32", 1e-4), ("fp16", 2e-2)])
+def test_onnx_moe_matches_reference(tmp_path, name, dtype, atol):
+    pytest.importorskip("onnxruntime")
+    from edge.export.onnx import OnnxConfig, export_onnx, rope_tables
+    from edge.runtime.eager import TorchRunner
+    from edge.runtime.onnxruntime import OnnxRunner
+
+    m = tiny_arch(name)
+    assert m.spec.is_moe
+    cfg = OnnxConfig(dtype=dtype, max_seq=32)
+    res = export_onnx(m, tmp_path, cfg)
+    r = OnnxRunner(tmp_path, res.layout, *rope_tables(m, cfg.max_seq))
+    ref = TorchRunner(m).logits(TOKENS)
+    got = decode_logits(r)
+    print(f"{name} onnx {dtype}: max |logit diff| {np.abs(got - ref).max():.2e}")
+    np.testing.assert_allclose(got, ref, atol=atol)
+
+
+@pytest.mark.parametrize("name", MOE)
+def test_pte_moe_matches_reference(tmp_path, name):
+    pytest.importorskip("executorch")
+    from edge.export.executorch import PteConfig, export_pte
+    from edge.runtime.eager import TorchRunner
+    from edge.runtime.executorch import PteRunner
+
+    m = tiny_arch(name)
+    export_pte(m, tmp_path / "m.pte", PteConfig(max_seq=32))
+    got = decode_logits(PteRunner(tmp_path / "m.pte"))
+    ref = TorchRunner(m).logits(TOKENS)
+    print(f"{name} pte: max |logit diff| {np.abs(got - ref).max():.2e}")
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("target, recipe, runtime, refused", [
+    ("raspberry-pi-5", "fp32", "executorch-xnnpack", False),
+    ("raspberry-pi-5", "q4_0", "llama.cpp", False),
+    ("raspberry-pi-5", "8da4w", "executorch-xnnpack", True),
+    ("raspberry-pi-5", "w8a8", "executorch-xnnpack", True),
+    ("snapdragon-8gen2", "w4a16", "qnn-htp", True),
+])
+def test_check_takes_float_moe_and_refuses_quantized_by_name(target, recipe, runtime, refused):
+    from edge.errors import ConfigError
+    from edge.export.check import check
+    from edge.targets import load_target
+    from tests.tinymodels import tiny_arch_spec
+
+    spec, t = tiny_arch_spec("qwen3-moe"), load_target(target)
+    if refused:
+        with pytest.raises(ConfigError, match=f"op 'MoE MLP' .*recipe '{recipe}'.*float ONNX .*float .pte .*GGUF"):
+            check(spec, t, recipe, runtime)
+    else:
+        assert check(spec, t, recipe, runtime).option == recipe
