@@ -154,6 +154,8 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
                         float_type="f16" if plan.option == "fp16" else "f32")
             art |= {"files": ["model.gguf"], "kv_cache": kv_cache,  # the runner's cache type
                     "weights": gguf_weights(w.dir / "model.gguf")}
+        if lm.spec.is_moe and plan.writer in DENSE_EXPERT_WRITERS:
+            art["weights"]["experts_per_token"] = lm.spec.n_experts  # the simulator costs the work it does
         w.add_artifact(art)
         tok_files = write_tokenizer(lm.tokenizer, w.dir)
 
@@ -182,6 +184,10 @@ def build_package(lm, target: str, recipe: str | None, out: str | Path, runtime:
         }
         return w.finish(fields, report(fields, w.artifacts))
 
+
+# writers whose graphs compute every expert of an MoE layer on every token (edge.model.llama.MoE, no
+# sparse expert kernel); llama.cpp's GGUF graph computes the top-k only
+DENSE_EXPERT_WRITERS = ("onnx", "pte")
 
 # host runtime -> the oldest version the artifact was checked against (the version edge pins)
 MIN_RUNTIME = {"executorch": "executorch>=1.5.1", "onnxruntime": "onnxruntime>=1.32.0",

@@ -44,3 +44,18 @@ def test_qnn_is_allowed_to_skip_only_where_it_has_no_wheel():
     reason = "could not import 'onnxruntime_qnn': No module named 'onnxruntime_qnn'"
     assert bool(policy.allowed(reason)) == (not policy.QNN_HAS_WHEELS)
     assert not policy.allowed("could not import 'onnxruntime': No module named 'onnxruntime'")
+
+
+def test_no_test_skips_on_a_hard_dependency():
+    """A hard dependency is imported plainly: an import or ABI break must fail, not turn a file into skips.
+    Only an optional extra without wheels everywhere (onnxruntime_qnn) may be importorskip'ed."""
+    import re
+    from pathlib import Path
+
+    optional = {"onnxruntime_qnn"}
+    found = []
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        for m in re.finditer(r"importorskip\(\s*['\"]([\w.]+)['\"]", path.read_text()):
+            if m.group(1) not in optional and not m.group(1).startswith("edge_no_such"):
+                found.append(f"{path.name}: {m.group(1)}")
+    assert not found, found

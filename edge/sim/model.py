@@ -170,7 +170,7 @@ def forward_cost(spec: ModelSpec, recipe: Recipe, new_tokens: int, context: int,
             wbytes += min(n, t.rows) * tb / t.rows
             continue
         if t.expert:
-            k, e = spec.n_experts_per_tok, spec.n_experts
+            k, e = recipe.experts_per_token or spec.n_experts_per_tok, spec.n_experts
             distinct = expected_distinct_experts(e, k, n)
             flops += 2 * t.rows * t.cols * k * n * recipe.dense_fraction(t.cls)
             wbytes += distinct * tb

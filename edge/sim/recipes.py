@@ -129,6 +129,10 @@ class Recipe:
     # model ties them (an ONNX Gather table next to the head's MatMul weight, a .pte's untied head)
     stored_bits: Mapping[str, float] = field(default_factory=dict)
     separate_embedding: bool = False
+    # experts an MoE artifact computes per token; 0: the model's top-k (llama.cpp's mul_mat_id). Graphs
+    # without a sparse expert kernel (our ONNX and .pte) run every expert, weighted by a gate that is
+    # zero outside the top-k, so they do n_experts / top_k times the expert work and read every expert.
+    experts_per_token: int = 0
 
     @property
     def preset(self) -> str:
@@ -249,6 +253,7 @@ def as_written(base: str | Path | Recipe, weights: Mapping) -> Recipe:
         if shared is not None:
             bits["embedding"] = bits["output"] = shared
     return replace(r, stored_bits=bits, separate_embedding=separate, base=r.preset,
+                   experts_per_token=int(weights.get("experts_per_token", 0)),
                    note=f"{r.note}; bits per weight as written: "
                    + ", ".join(f"{c} {b:.3g}" for c, b in sorted(bits.items())))
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from tests.tinymodels import TOKENS, tiny_arch
-
-torch = pytest.importorskip("torch")
 
 
 def decode_logits(r, n_prompt=3):
@@ -23,7 +22,6 @@ def decode_logits(r, n_prompt=3):
 @pytest.mark.parametrize("name", ["qwen3", "gemma3", "phi3", "smollm3", "mistral-sliding"])
 @pytest.mark.parametrize("dtype,atol", [("fp32", 1e-4), ("fp16", 2e-2)])
 def test_onnx_matches_reference(tmp_path, name, dtype, atol):
-    pytest.importorskip("onnxruntime")
     from edge.export.onnx import OnnxConfig, export_onnx, rope_tables
     from edge.runtime.eager import TorchRunner
     from edge.runtime.onnxruntime import OnnxRunner
@@ -42,7 +40,6 @@ def test_onnx_matches_reference(tmp_path, name, dtype, atol):
 def test_onnx_opset11_fixed_shapes(tmp_path, name):
     """The NPU toolchains' form (opset 11, T fixed at 32, the TorchScript exporter): GeGLU's tanh-GELU,
     the mask channels and RoPE blocks slice and decompose there too (measured 1.7e-6 / 2.3e-6)."""
-    pytest.importorskip("onnxruntime")
     import onnx
 
     from edge.export.onnx import OnnxConfig, export_onnx, rope_tables
@@ -59,7 +56,6 @@ def test_onnx_opset11_fixed_shapes(tmp_path, name):
 
 @pytest.mark.parametrize("name", ["qwen3", "gemma3"])
 def test_pte_matches_reference(tmp_path, name):
-    pytest.importorskip("executorch")
     from edge.export.executorch import PteConfig, export_pte
     from edge.runtime.eager import TorchRunner
     from edge.runtime.executorch import PteRunner
@@ -99,7 +95,6 @@ def test_w8a8_rewrites_leave_the_float_model_unchanged(name, rewrite):
     ("gemma3", {"rotate": False, "alpha": 0.8}, 8, 0.55),
 ])
 def test_onnx_qdq_w8a8(tmp_path, name, scheme, top1, max_diff):
-    pytest.importorskip("onnxruntime")
     from edge.export.onnx import OnnxConfig, export_onnx, rope_tables
     from edge.runtime.eager import TorchRunner
     from edge.runtime.onnxruntime import OnnxRunner
@@ -122,7 +117,6 @@ def test_onnx_qdq_w8a8(tmp_path, name, scheme, top1, max_diff):
 def test_onnx_qdq_w4a16(tmp_path, name, top1, max_diff):
     """The w4a16 writer (GPTQ through the quantizer's layer walk, then ORT's QDQ pass) on q/k norms,
     Gemma's (1 + w) post-norms and its sliding layers."""
-    pytest.importorskip("onnxruntime")
     from edge.export.onnx import OnnxConfig, export_onnx, rope_tables
     from edge.runtime.eager import TorchRunner
     from edge.runtime.onnxruntime import OnnxRunner

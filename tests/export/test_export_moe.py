@@ -12,8 +12,6 @@ import pytest
 
 from tests.tinymodels import TOKENS, tiny_arch
 
-torch = pytest.importorskip("torch")
-
 MOE = ["qwen3-moe", "qwen2-moe"]
 
 
@@ -25,7 +23,6 @@ def decode_logits(r, n_prompt=3):
 @pytest.mark.parametrize("name", MOE)
 @pytest.mark.parametrize("dtype,atol", [("fp32", 1e-4), ("fp16", 2e-2)])
 def test_onnx_moe_matches_reference(tmp_path, name, dtype, atol):
-    pytest.importorskip("onnxruntime")
     from edge.export.onnx import OnnxConfig, export_onnx, rope_tables
     from edge.runtime.eager import TorchRunner
     from edge.runtime.onnxruntime import OnnxRunner
@@ -43,7 +40,6 @@ def test_onnx_moe_matches_reference(tmp_path, name, dtype, atol):
 
 @pytest.mark.parametrize("name", MOE)
 def test_pte_moe_matches_reference(tmp_path, name):
-    pytest.importorskip("executorch")
     from edge.export.executorch import PteConfig, export_pte
     from edge.runtime.eager import TorchRunner
     from edge.runtime.executorch import PteRunner
@@ -75,3 +71,25 @@ def test_check_takes_float_moe_and_refuses_quantized_by_name(target, recipe, run
             check(spec, t, recipe, runtime)
     else:
         assert check(spec, t, recipe, runtime).option == recipe
+
+
+def test_simulator_costs_every_expert_for_graphs_that_run_them_all(tmp_path):
+    """Our ONNX graph computes every expert on every token; the simulated decode of its package must
+    cost that work (n_experts / top_k times the expert FLOPs), not llama.cpp's top-k only."""
+    from edge.build import DENSE_EXPERT_WRITERS
+    from edge.export.onnx import OnnxConfig, export_onnx
+    from edge.model.spec import ModelSpec
+    from edge.sim import as_written, forward_cost
+
+    m = tiny_arch("qwen3-moe")
+    res = export_onnx(m, tmp_path, OnnxConfig(dtype="fp32", max_seq=32))
+    assert "onnx" in DENSE_EXPERT_WRITERS and "gguf" not in DENSE_EXPERT_WRITERS
+    spec = ModelSpec.from_dict(m.spec.to_dict())
+    topk = as_written("fp32", res.weights)
+    dense = as_written("fp32", res.weights | {"experts_per_token": spec.n_experts})
+    c_top = forward_cost(spec, topk, new_tokens=1, context=16)
+    c_dense = forward_cost(spec, dense, new_tokens=1, context=16)
+    one = 2 * 3 * spec.dim * spec.moe_ffn_dim * len(spec.moe_layers)  # one expert's FLOPs a token, all layers
+    assert c_dense.flops - c_top.flops == pytest.approx(one * (spec.n_experts - spec.n_experts_per_tok))
+    assert c_top.distinct_experts == pytest.approx(spec.n_experts_per_tok)
+    assert c_dense.distinct_experts == pytest.approx(spec.n_experts)
