@@ -54,8 +54,9 @@ def test_onnx_opset11_fixed_shapes(tmp_path, name):
     np.testing.assert_allclose(decode_logits(r), TorchRunner(m).logits(TOKENS), atol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["qwen3", "gemma3"])
+@pytest.mark.parametrize("name", ["qwen3", "gemma3", "qwen3-moe", "qwen2-moe"])
 def test_pte_matches_reference(tmp_path, name):
+    """fp32 .pte against the reference; the MoE ones run every expert on every token (no sparse kernel)."""
     from edge.export.executorch import PteConfig, export_pte
     from edge.runtime.eager import TorchRunner
     from edge.runtime.executorch import PteRunner

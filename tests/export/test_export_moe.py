@@ -2,7 +2,8 @@
 (itself checked against transformers in tests/model/test_archs.py): Qwen3-MoE (q/k norms, normalised
 top-k) and Qwen2-MoE (raw top-k gates, sigmoid-gated shared expert, q/k/v bias, a dense layer among
 MoE layers). The router (softmax, topk, scatter) exports as it is: every expert runs on every token.
-Prefill then token-by-token decode; tolerances as in test_export_onnx.py / test_export_pte.py.
+Prefill then token-by-token decode (the .pte cases sit with the other architectures in
+test_export_archs.py); tolerances as in test_export_onnx.py / test_export_pte.py.
 Quantized options refuse MoE models by name in the build check."""
 
 from __future__ import annotations
@@ -36,20 +37,6 @@ def test_onnx_moe_matches_reference(tmp_path, name, dtype, atol):
     got = decode_logits(r)
     print(f"{name} onnx {dtype}: max |logit diff| {np.abs(got - ref).max():.2e}")
     np.testing.assert_allclose(got, ref, atol=atol)
-
-
-@pytest.mark.parametrize("name", MOE)
-def test_pte_moe_matches_reference(tmp_path, name):
-    from edge.export.executorch import PteConfig, export_pte
-    from edge.runtime.eager import TorchRunner
-    from edge.runtime.executorch import PteRunner
-
-    m = tiny_arch(name)
-    export_pte(m, tmp_path / "m.pte", PteConfig(max_seq=32))
-    got = decode_logits(PteRunner(tmp_path / "m.pte"))
-    ref = TorchRunner(m).logits(TOKENS)
-    print(f"{name} pte: max |logit diff| {np.abs(got - ref).max():.2e}")
-    np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
 @pytest.mark.parametrize("target, recipe, runtime, refused", [
