@@ -103,3 +103,18 @@ def assert_matches_transformers(hf, path, x, tol: float, label: str) -> None:
     print(f"{label}: max |logit diff| no cache {diff:.2e}")
     assert diff <= tol
     assert spec.param_count() == model.num_params() == sum(p.numel() for p in hf.parameters())
+
+
+def random_hf_model(config):
+    """A random transformers model whose every weight matters (HF zero-inits biases, ones norms):
+    N(0, 0.1) weights, norms around 1, Gemma's around 0 (it stores them centred for (1 + w) scaling)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            centre = 0.0 if "norm" not in name or isinstance(config, transformers.Gemma3TextConfig) else 1.0
+            p.normal_(centre, 0.1)
+    return model.eval()

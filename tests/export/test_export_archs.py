@@ -19,7 +19,7 @@ def decode_logits(r, n_prompt=3):
     return np.concatenate([first] + [r.step(t, n_prompt + i)[None] for i, t in enumerate(TOKENS[n_prompt:])])
 
 
-@pytest.mark.parametrize("name", ["qwen3", "gemma3", "phi3", "smollm3", "mistral-sliding"])
+@pytest.mark.parametrize("name", ["qwen3", "gemma3", "phi3", "smollm3", "mistral-sliding", "qwen3-moe", "qwen2-moe"])
 @pytest.mark.parametrize("dtype,atol", [("fp32", 1e-4), ("fp16", 2e-2)])
 def test_onnx_matches_reference(tmp_path, name, dtype, atol):
     from edge.export.onnx import OnnxConfig, export_onnx, rope_tables

@@ -25,6 +25,7 @@ from edge.errors import ConfigError, ModelLoadError, UnsupportedArchitecture
 from edge.model.hf import load_hf_checkpoint
 from edge.model.spec import ModelSpec
 from tests.tinymodels import assert_matches_transformers
+from tests.tinymodels import random_hf_model as make_hf_model
 
 # measured max |logit diff| 1.3e-6 .. 2.8e-6 over the cases (fp32, 2 x 16 tokens); 1e-5 leaves room for
 # other BLAS builds and stays 10x under the 1e-4 the loader promises
@@ -87,18 +88,6 @@ EXPECT = {
     "smollm3": dict(arch="smollm3", nope_layers=(1, 3)),
     "mistral-sliding": dict(arch="mistral", sliding_window=WINDOW, sliding_layers=(0, 1)),
 }
-
-
-def make_hf_model(config) -> transformers.PreTrainedModel:
-    """A random transformers model whose every weight matters (HF zero-inits biases, ones norms)."""
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            # Gemma's norms are stored centred on 0 ((1 + w) scaling); the others on 1
-            centre = 0.0 if "norm" not in name or isinstance(config, transformers.Gemma3TextConfig) else 1.0
-            p.normal_(centre, 0.1)
-    return model.eval()
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))

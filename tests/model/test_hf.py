@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from edge.errors import ModelLoadError, UnsupportedArchitecture
 from edge.model.hf import load_hf_checkpoint
 from tests.tinymodels import assert_matches_transformers
+from tests.tinymodels import random_hf_model as make_hf_model
 
 TOL = 1e-4
 TINY = dict(
@@ -58,16 +59,6 @@ CONFIGS = {
         **QWEN2_MOE, num_experts_per_tok=3, norm_topk_prob=True, mlp_only_layers=[0]
     ),
 }
-
-
-def make_hf_model(config) -> transformers.PreTrainedModel:
-    """A random transformers model whose every weight matters (HF zero-inits biases, ones norms)."""
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(1.0 if "norm" in name else 0.0, 0.1)
-    return model.eval()
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
