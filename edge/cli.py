@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from edge.errors import EdgeError
+from edge.errors import ConfigError, EdgeError
 from edge.recipes import PRESETS
 
 
@@ -327,20 +327,23 @@ def targets_show(name: str, as_json: bool) -> None:
 @friendly
 def targets_probe(name: str, out: str | None, repeats: int, rounds: int, as_json: bool, results: str | None) -> None:
     """Measure this machine (bandwidth, fp32/int8 matmul, cores, caches) and write a profile."""
+    from pathlib import Path
+
     from edge.probe import probe, profile_yaml
 
+    for opt, path in (("--results", results), ("--out", out)):  # before minutes of measuring, not after
+        if path and not Path(path).resolve().parent.is_dir():
+            raise ConfigError(f"targets probe {opt} {path}: directory {Path(path).parent} does not exist; "
+                              "create it or pick another path")
     m = probe(repeats=repeats, rounds=rounds)
     if as_json:
         return echo_json(m)
     if results:
         import json
-        from pathlib import Path
 
         Path(results).write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
     text = profile_yaml(m, name=name, results=results)
     if out:
-        from pathlib import Path
-
         Path(out).write_text(text)
         click.echo(f"wrote {out}")
     else:

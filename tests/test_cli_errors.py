@@ -24,3 +24,14 @@ def test_simulate_with_an_unimportable_model_loader_fails():
     assert ok.returncode in (0, 1), ok.stderr  # runs (1: a budget failed, still a verdict)
     r = cli("import sys; sys.modules['edge.model.load'] = None", "simulate", "--model", CONFIG, "--target", "rk3588")
     assert r.returncode != 0 and "import of edge.model.load halted" in r.stderr, r.stdout + r.stderr
+
+
+def test_probe_into_a_missing_directory_fails_before_measuring(tmp_path):
+    """A --results or --out path in a directory that does not exist is refused in one line at once, not
+    after minutes of measuring, and nothing is written."""
+    for opt in ("--results", "--out"):
+        bad = tmp_path / "no-such-dir" / "probe.json"
+        r = cli("import sys", "targets", "probe", opt, str(bad))
+        assert r.returncode != 0 and not bad.parent.exists(), r.stdout + r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "does not exist" in lines[0] and "Traceback" not in r.stderr, r.stderr
